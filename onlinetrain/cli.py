@@ -1,0 +1,181 @@
+"""`ot`: the command line. Thin: each command parses options, builds a config, calls one library
+function and turns library exceptions into a one-line error with the fix.
+
+    ot sample -n 64 --seed 1 | ot simulate --to shm://demo &
+    ot train --from shm://demo --config examples/heat2d.toml
+    ot run examples/heat2d.toml
+    ot clean                      # remove shm segments left by dead runs
+"""
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+
+import click
+
+from . import config as C
+from .frame import FrameError
+from .sampler import SamplerError
+from .shm_channel import ChannelError
+
+log = logging.getLogger("onlinetrain")
+
+
+def _errors():
+    from .client import ClientError  # noqa: PLC0415
+    from .reservoir import BufferError_  # noqa: PLC0415
+    from .simulate import SimulateError  # noqa: PLC0415
+    from .trainer import TrainError  # noqa: PLC0415
+    return (C.ConfigError, ChannelError, SamplerError, FrameError, SimulateError, TrainError,
+            ClientError, BufferError_)
+
+
+class _Guard:
+    """Library errors -> ClickException; SIGTERM behaves like Ctrl-C (cleanup runs either way)."""
+
+    def __enter__(self):
+        def on_term(signum, frame):
+            raise KeyboardInterrupt
+        self.old = signal.signal(signal.SIGTERM, on_term)
+        return self
+
+    def __exit__(self, etype, exc, tb):
+        signal.signal(signal.SIGTERM, self.old)
+        if etype is KeyboardInterrupt:
+            click.echo("interrupted; children stopped and shared memory removed", err=True)
+            sys.exit(130)
+        if etype is not None and issubclass(etype, _errors()):
+            raise click.ClickException(str(exc)) from exc
+        return False
+
+
+@click.group()
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.version_option(package_name="onlinetrain")
+def main(verbose):
+    """Online training of neural surrogates from running simulations, no files in between."""
+    level = logging.WARNING - 10 * verbose
+    logging.basicConfig(level=max(level, logging.DEBUG),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@main.command()
+@click.option("-n", "n", type=int, required=True, help="Number of parameter sets.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--method", type=click.Choice(["uniform", "lhs", "halton", "sobol"]),
+              default="uniform", show_default=True)
+@click.option("--bounds", multiple=True, metavar="LOW:HIGH",
+              help="Bounds of each parameter (repeat per parameter; default 100:500 x 5).")
+@click.option("--dim", type=int, default=5, show_default=True,
+              help="Number of parameters when a single --bounds is given for all.")
+@click.option("--start-id", type=int, default=0, show_default=True)
+def sample(n, seed, method, bounds, dim, start_id):
+    """Print N parameter sets as JSON lines {"id": ..., "params": [...]}."""
+    from . import sampler  # noqa: PLC0415
+    with _Guard():
+        b = sampler.parse_bounds(bounds) if bounds else list(sampler.DEFAULT_BOUNDS)
+        if len(b) == 1:
+            b = b * dim
+        click.echo(sampler.to_jsonl(sampler.sample(n, seed, method, b, start_id)), nl=False)
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.option("--to", "url", required=True, help="Channel URL: shm://NAME or tcp://HOST:PORT.")
+@click.option("--params", "params_file", type=click.File("r"), default="-",
+              help="JSON-lines parameter sets (default: stdin).")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False),
+              help="TOML config; its [solver] and [simulate] sections are used.")
+@click.option("--concurrency", type=int, help="Simulations at once.")
+@click.option("--solver", help="heat2d (default), or package.module:generator.")
+@click.option("--n", type=int, help="heat2d grid (interior nodes per side).")
+@click.option("--steps", type=int, help="heat2d time steps.")
+@click.option("--scheme", type=click.Choice(["implicit", "explicit"]))
+@click.option("--connect-timeout", type=float, help="Seconds to wait for the channel to appear.")
+@click.argument("program", nargs=-1, type=click.UNPROCESSED)
+def simulate(url, params_file, config_path, concurrency, solver, n, steps, scheme, connect_timeout,
+             program):
+    """Run a simulation for each parameter set and stream every time step to a channel.
+
+    After `--`, an external PROGRAM template ({sim_id} {params} {p0}.. {channel}) instrumented
+    with onlinetrain.client is run instead of a Python solver."""
+    from .sampler import read_jsonl  # noqa: PLC0415
+    from .simulate import run_simulations  # noqa: PLC0415
+    with _Guard():
+        kind = "program" if program else ("python" if solver and solver != "heat2d" else None)
+        cfg = C.load(config_path, {
+            "solver.kind": kind, "solver.function": solver if kind == "python" else None,
+            "solver.argv": list(program) or None, "solver.n": n, "solver.steps": steps,
+            "solver.scheme": scheme, "simulate.concurrency": concurrency,
+            "channel.connect_timeout": connect_timeout})
+        sets = read_jsonl(params_file, getattr(params_file, "name", "<stdin>"))
+        res = run_simulations(sets, cfg.solver, url, cfg.simulate.concurrency,
+                              cfg.channel.connect_timeout)
+        click.echo(f"{len(res.done)} simulations done, {len(res.failed)} failed in "
+                   f"{res.wall_s:.1f} s", err=True)
+        for sid, why in res.failed.items():
+            click.echo(f"  simulation {sid}: {why}", err=True)
+
+
+def _progress(m: dict):
+    val = "-" if m["val_mse"] is None else f"{m['val_mse']:.4g}"
+    click.echo(f"batch {m['batch']:>6}  sims done {m['sims_done']:>4}  samples {m['samples']:>7}  "
+               f"train loss {m['train_loss']:.4g}  val mse {val}  lr {m['lr']:.2g}", err=True)
+
+
+def _report(s: dict):
+    click.echo(f"trained {s['batches']} batches on {s['samples_received']} samples from "
+               f"{s['sims_done']} simulations ({s['sims_failed']} failed) in {s['wall_s']:.1f} s")
+    if s["val_mse"] is not None:
+        click.echo(f"validation MSE {s['val_mse']:.5g}  vs mean-field baseline "
+                   f"{s['mean_field_mse']:.5g}  (ratio {s['val_mse'] / s['mean_field_mse']:.3f})")
+    click.echo(json.dumps({k: s[k] for k in ("val_mse", "mean_field_mse", "batches",
+                                             "samples_received", "duplicates_dropped")}))
+
+
+@main.command()
+@click.option("--from", "url", required=True, help="Channel URL to drain (created by this command).")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False))
+@click.option("--max-batches", type=int)
+@click.option("--buffer", type=click.Choice(["reservoir", "fifo", "firo"]))
+@click.option("--out", "out_dir", help="Output directory (metrics.jsonl, checkpoint.pt).")
+@click.option("--producers", type=int, help="Number of `ot simulate` processes feeding the channel.")
+@click.option("--quiet", is_flag=True)
+def train(url, config_path, max_batches, buffer, out_dir, producers, quiet):
+    """Train the surrogate from frames arriving on a channel."""
+    from .trainer import train as train_fn  # noqa: PLC0415
+    with _Guard():
+        cfg = C.load(config_path, {"channel.url": url, "train.max_batches": max_batches,
+                                   "buffer.kind": buffer, "output.dir": out_dir,
+                                   "simulate.producers": producers})
+        if cfg.validation.every == 0 and cfg.validation.first_id < 0:
+            click.echo("note: no held-out simulations (set validation.every); no val MSE", err=True)
+        _report(train_fn(cfg, on_progress=None if quiet else _progress))
+
+
+@main.command()
+@click.argument("config_path", type=click.Path(dir_okay=False))
+@click.option("--max-batches", type=int)
+@click.option("--out", "out_dir")
+@click.option("--quiet", is_flag=True)
+def run(config_path, max_batches, out_dir, quiet):
+    """Run a whole study on this machine: simulations + training, no scheduler."""
+    from .runner import run_study  # noqa: PLC0415
+    with _Guard():
+        cfg = C.load(config_path, {"train.max_batches": max_batches, "output.dir": out_dir})
+        _report(run_study(cfg, on_progress=None if quiet else _progress))
+
+
+@main.command()
+@click.option("--prefix", default="", help="Only segments of this study prefix.")
+def clean(prefix):
+    """Remove onlinetrain shm segments whose creator is dead."""
+    from .shm_channel import clean_stale  # noqa: PLC0415
+    removed = clean_stale(prefix)
+    click.echo(f"removed {len(removed)} stale segment(s)" + (": " + ", ".join(removed) if removed
+                                                              else ""))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

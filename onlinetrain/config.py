@@ -1,0 +1,260 @@
+"""Study configuration: sectioned dataclasses with defaults, loaded from TOML, overridden by CLI flags.
+
+Precedence: CLI flag > TOML file > default. Every section validates itself in __post_init__ and
+names the offending value; an unknown section or key is an error that lists the valid ones.
+
+    cfg = load("examples/heat2d.toml", overrides={"train.max_batches": 200})
+    cfg.train.batch_size, cfg.buffer.kind
+"""
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; `key` is the dotted key and `value` the offending value."""
+
+    def __init__(self, message: str, key: str | None = None, value: Any = None):
+        super().__init__(message)
+        self.key, self.value = key, value
+
+
+def _check(cond: bool, key: str, value, need: str):
+    if not cond:
+        raise ConfigError(f"{key} = {value!r}: {need}", key, value)
+
+
+@dataclass
+class SolverConfig:
+    kind: str = "heat2d"  # heat2d | python | program
+    n: int = 32  # heat2d: interior nodes per side
+    steps: int = 100  # heat2d: time steps
+    scheme: str = "implicit"  # heat2d: implicit | explicit
+    function: str = ""  # python: "package.module:generator" yielding (step, array) from params
+    argv: list = field(default_factory=list)  # program: argv template, {sim_id} {params} {p0}.. {channel}
+
+    def __post_init__(self):
+        _check(self.kind in ("heat2d", "python", "program"), "solver.kind", self.kind,
+               "use heat2d, python or program")
+        _check(isinstance(self.n, int) and self.n >= 2, "solver.n", self.n, "an integer >= 2")
+        _check(isinstance(self.steps, int) and self.steps >= 1, "solver.steps", self.steps,
+               "an integer >= 1")
+        _check(self.scheme in ("implicit", "explicit"), "solver.scheme", self.scheme,
+               "use implicit or explicit")
+        if self.kind == "heat2d":
+            from solvers.heat2d import Heat2DConfig, UnstableTimeStep  # noqa: PLC0415
+            try:
+                Heat2DConfig(n=self.n, steps=self.steps, scheme=self.scheme).check_stable()
+            except UnstableTimeStep as e:
+                raise ConfigError(f"solver: {e}", "solver.steps", self.steps) from None
+        if self.kind == "python":
+            _check(":" in self.function, "solver.function", self.function,
+                   "give 'package.module:function'")
+        if self.kind == "program":
+            _check(bool(self.argv) and all(isinstance(a, str) for a in self.argv), "solver.argv",
+                   self.argv, "give a non-empty list of strings")
+
+
+@dataclass
+class SamplingConfig:
+    n_train: int = 64
+    n_validation: int = 8
+    method: str = "halton"
+    seed: int = 0
+    bounds: list = field(default_factory=lambda: [[100.0, 500.0]] * 5)
+
+    def __post_init__(self):
+        from .sampler import METHODS, SamplerError, check_bounds  # noqa: PLC0415
+        _check(isinstance(self.n_train, int) and self.n_train >= 1, "sampling.n_train",
+               self.n_train, "an integer >= 1")
+        _check(isinstance(self.n_validation, int) and self.n_validation >= 0,
+               "sampling.n_validation", self.n_validation, "an integer >= 0")
+        _check(self.method in METHODS, "sampling.method", self.method, f"one of {METHODS}")
+        try:
+            check_bounds(self.bounds)
+        except SamplerError as e:
+            raise ConfigError(f"sampling.bounds: {e}", "sampling.bounds", self.bounds) from None
+
+
+@dataclass
+class ChannelConfig:
+    url: str = ""  # default: shm://<study name>
+    ring_mb: int = 64
+    connect_timeout: float = 30.0
+    idle_timeout: float = 300.0  # trainer: no frame for this long ends the stream with a warning
+
+    def __post_init__(self):
+        if self.url:
+            from .channel import parse_url  # noqa: PLC0415
+            try:
+                parse_url(self.url)
+            except Exception as e:
+                raise ConfigError(f"channel.url: {e}", "channel.url", self.url) from None
+        _check(self.ring_mb >= 1, "channel.ring_mb", self.ring_mb, "at least 1")
+        _check(self.connect_timeout >= 0, "channel.connect_timeout", self.connect_timeout, ">= 0")
+        _check(self.idle_timeout > 0, "channel.idle_timeout", self.idle_timeout, "> 0")
+
+
+@dataclass
+class SimulateConfig:
+    concurrency: int = 2
+    producers: int = 1  # trainer: how many `ot simulate` processes will send STREAM_END
+
+    def __post_init__(self):
+        _check(isinstance(self.concurrency, int) and self.concurrency >= 1,
+               "simulate.concurrency", self.concurrency, "an integer >= 1")
+        _check(isinstance(self.producers, int) and self.producers >= 1, "simulate.producers",
+               self.producers, "an integer >= 1")
+
+
+@dataclass
+class BufferConfig:
+    kind: str = "reservoir"  # reservoir | fifo | firo
+    capacity: int = 2000  # samples
+    watermark: int = 500  # reservoir: minimum fill before the first batch
+    seed: int = 0
+
+    def __post_init__(self):
+        _check(self.kind in ("reservoir", "fifo", "firo"), "buffer.kind", self.kind,
+               "use reservoir, fifo or firo")
+        _check(isinstance(self.capacity, int) and self.capacity >= 1, "buffer.capacity",
+               self.capacity, "an integer >= 1")
+        _check(isinstance(self.watermark, int) and 1 <= self.watermark <= self.capacity,
+               "buffer.watermark", self.watermark, f"an integer in 1..capacity ({self.capacity})")
+
+
+@dataclass
+class ModelConfig:
+    builder: str = "onlinetrain.surrogate:build_mlp"  # fn(in_dim, out_dim, cfg) -> nn.Module
+    adapter: str = "onlinetrain.surrogate:heat2d_xy"  # fn(frame, cfg) -> (x, y) float32 arrays
+    hidden: int = 256
+    layers: int = 2
+
+    def __post_init__(self):
+        for k in ("builder", "adapter"):
+            _check(":" in getattr(self, k), f"model.{k}", getattr(self, k),
+                   "give 'package.module:function'")
+        _check(self.hidden >= 1, "model.hidden", self.hidden, ">= 1")
+        _check(self.layers >= 1, "model.layers", self.layers, ">= 1")
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 32
+    lr: float = 1e-3
+    lr_milestones: list = field(default_factory=lambda: [1000, 2000])
+    lr_gamma: float = 0.5
+    max_batches: int = 3000
+    val_every: int = 100
+    seed: int = 0
+    threads: int = 1
+    device: str = "cpu"
+
+    def __post_init__(self):
+        _check(self.batch_size >= 1, "train.batch_size", self.batch_size, ">= 1")
+        _check(self.lr > 0, "train.lr", self.lr, "> 0")
+        _check(0 < self.lr_gamma <= 1, "train.lr_gamma", self.lr_gamma, "in (0, 1]")
+        _check(all(isinstance(m, int) and m > 0 for m in self.lr_milestones), "train.lr_milestones",
+               self.lr_milestones, "a list of positive batch counts")
+        _check(self.max_batches >= 1, "train.max_batches", self.max_batches, ">= 1")
+        _check(self.val_every >= 1, "train.val_every", self.val_every, ">= 1")
+        _check(self.threads >= 1, "train.threads", self.threads, ">= 1")
+
+
+@dataclass
+class ValidationConfig:
+    every: int = 0  # pipe mode: sim ids with id % every == every - 1 are held out (0: none)
+    first_id: int = -1  # ot run: ids >= first_id are the held-out set (set by the runner)
+
+    def __post_init__(self):
+        _check(self.every >= 0, "validation.every", self.every, ">= 0")
+
+    def is_validation(self, sim_id: int) -> bool:
+        if self.first_id >= 0 and sim_id >= self.first_id:
+            return True
+        return self.every > 0 and sim_id % self.every == self.every - 1
+
+
+@dataclass
+class OutputConfig:
+    dir: str = "ot-study"  # study directory: metrics.jsonl, checkpoint.pt, params.jsonl
+    name: str = "study"  # study name: prefix of shm segments
+
+    def __post_init__(self):
+        from .channel import _NAME  # noqa: PLC0415
+        _check(bool(_NAME.match(self.name)), "output.name", self.name,
+               "letters, digits, '.', '-', '_' only")
+
+
+@dataclass
+class Config:
+    solver: SolverConfig = field(default_factory=SolverConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    channel: ChannelConfig = field(default_factory=ChannelConfig)
+    simulate: SimulateConfig = field(default_factory=SimulateConfig)
+    buffer: BufferConfig = field(default_factory=BufferConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    @property
+    def channel_url(self) -> str:
+        return self.channel.url or f"shm://{self.output.name}"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
+
+
+def _section_cls(name: str):
+    return {f.name: f.default_factory for f in dataclasses.fields(Config)}[name]().__class__
+
+
+def from_dict(data: dict, source: str = "config") -> Config:
+    """Build a Config from nested dicts, rejecting unknown sections and keys by name."""
+    sections = {}
+    for sec, values in data.items():
+        if sec not in SECTIONS:
+            raise ConfigError(f"{source}: unknown section [{sec}]; valid sections: "
+                              f"{', '.join(SECTIONS)}", sec, values)
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: [{sec}] must be a table", sec, values)
+        cls = _section_cls(sec)
+        valid = [f.name for f in dataclasses.fields(cls)]
+        for k in values:
+            if k not in valid:
+                raise ConfigError(f"{source}: unknown key {sec}.{k}; valid keys in [{sec}]: "
+                                  f"{', '.join(valid)}", f"{sec}.{k}", values[k])
+        try:
+            sections[sec] = cls(**values)
+        except TypeError as e:
+            raise ConfigError(f"{source}: [{sec}]: {e}", sec, values) from None
+    return Config(**sections)
+
+
+def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Defaults, then the TOML file at `path`, then `overrides` {"section.key": value} (CLI flags)."""
+    data: dict = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} not found", "path", str(path)) from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path} is not valid TOML: {e}", "path", str(path)) from None
+    for dotted, value in (overrides or {}).items():
+        if value is None:
+            continue
+        sec, _, key = dotted.partition(".")
+        data.setdefault(sec, {})[key] = value
+    return from_dict(data, source)

@@ -1,0 +1,182 @@
+"""Self-describing binary frames: the one wire format of onlinetrain (shm ring, TCP, MPI).
+
+A frame is a fixed 48-byte little-endian header, a variable part (shape, parameters, field name),
+padding to a multiple of 8 bytes, then the raw array bytes (C order). No pickle anywhere: a frame
+from a crashed or hostile peer is rejected with a `FrameError` naming the bad value. The byte layout
+is documented in docs/wire-format.md.
+
+    >>> import numpy as np
+    >>> f = Frame(sim_id=3, time_step=7, params=np.array([1.0, 2.0]), name="T",
+    ...           array=np.zeros((4, 4), np.float32))
+    >>> g = decode(encode(f))
+    >>> (g.sim_id, g.time_step, g.array.shape)
+    (3, 7, (4, 4))
+"""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+import numpy as np
+
+MAGIC = b"OTFR"
+VERSION = 1
+# magic, version, header_len, kind, dtype, ndim, name_len, n_params, sim_id, time_step, payload_len,
+# reserved (0)
+_FIXED = struct.Struct("<4sHHBBBBIqqQQ")
+FIXED_SIZE = _FIXED.size  # 48 bytes
+MAX_NDIM = 8
+MAX_PARAMS = 4096
+MAX_NAME = 255
+
+# Frame kinds
+DATA = 0  # one time step of one simulation
+SIM_END = 1  # the simulation sent all its steps; time_step = number of steps sent
+SIM_FAILED = 2  # the simulation failed and will not send more; name holds the reason
+STREAM_END = 3  # a producer (one `ot simulate`) has no more simulations
+KINDS = {DATA: "data", SIM_END: "sim_end", SIM_FAILED: "sim_failed", STREAM_END: "stream_end"}
+
+DTYPES = {1: np.dtype("<f4"), 2: np.dtype("<f8"), 3: np.dtype("<i4"), 4: np.dtype("<i8"),
+          5: np.dtype("u1"), 6: np.dtype("<f2"), 7: np.dtype("<i2"), 8: np.dtype("<u2")}
+DTYPE_CODES = {dt: code for code, dt in DTYPES.items()}
+
+
+class FrameError(ValueError):
+    """A frame that cannot be decoded or encoded; `value` is the offending value."""
+
+    def __init__(self, message: str, value=None):
+        super().__init__(message)
+        self.value = value
+
+
+@dataclass
+class Frame:
+    sim_id: int
+    time_step: int
+    params: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    name: str = "field"
+    array: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    kind: int = DATA
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return (self.sim_id, self.time_step)
+
+
+def dtype_code(dtype) -> int:
+    dt = np.dtype(dtype).newbyteorder("<") if np.dtype(dtype).byteorder == "=" else np.dtype(dtype)
+    if dt not in DTYPE_CODES:
+        raise FrameError(f"dtype {np.dtype(dtype)} cannot be sent; use one of "
+                         f"{sorted(str(d) for d in DTYPES.values())}", dtype)
+    return DTYPE_CODES[dt]
+
+
+def header_size(ndim: int, n_params: int, name_len: int) -> int:
+    raw = FIXED_SIZE + 8 * ndim + 8 * n_params + name_len
+    return (raw + 7) // 8 * 8
+
+
+def encode_header(f: Frame, payload_len: int | None = None) -> bytes:
+    """The header bytes of `f` (everything before the payload)."""
+    arr = np.asarray(f.array)
+    params = np.ascontiguousarray(f.params, dtype="<f8").reshape(-1)
+    name = f.name.encode("utf-8")
+    if arr.ndim > MAX_NDIM:
+        raise FrameError(f"array has {arr.ndim} dimensions, at most {MAX_NDIM} are allowed", arr.ndim)
+    if len(params) > MAX_PARAMS:
+        raise FrameError(f"{len(params)} parameters, at most {MAX_PARAMS} are allowed", len(params))
+    if len(name) > MAX_NAME:
+        raise FrameError(f"field name {f.name!r} is longer than {MAX_NAME} bytes", f.name)
+    if f.kind not in KINDS:
+        raise FrameError(f"unknown frame kind {f.kind}", f.kind)
+    code = dtype_code(arr.dtype)
+    if payload_len is None:
+        payload_len = arr.nbytes
+    hlen = header_size(arr.ndim, len(params), len(name))
+    fixed = _FIXED.pack(MAGIC, VERSION, hlen, f.kind, code, arr.ndim, len(name), len(params),
+                        int(f.sim_id), int(f.time_step), payload_len, 0)
+    out = bytearray(hlen)
+    out[:FIXED_SIZE] = fixed
+    o = FIXED_SIZE
+    out[o:o + 8 * arr.ndim] = np.asarray(arr.shape, dtype="<u8").tobytes()
+    o += 8 * arr.ndim
+    out[o:o + 8 * len(params)] = params.tobytes()
+    o += 8 * len(params)
+    out[o:o + len(name)] = name
+    return bytes(out)
+
+
+def encoded_size(f: Frame) -> int:
+    arr = np.asarray(f.array)
+    return header_size(arr.ndim, np.size(f.params), len(f.name.encode("utf-8"))) + arr.nbytes
+
+
+def encode(f: Frame) -> bytes:
+    arr = np.asarray(f.array)
+    dt = arr.dtype.newbyteorder("<") if arr.dtype.byteorder == ">" else arr.dtype
+    data = np.ascontiguousarray(arr, dtype=dt)
+    return encode_header(f, data.nbytes) + data.tobytes()
+
+
+def write_into(f: Frame, buf: memoryview, offset: int = 0) -> int:
+    """Encode `f` straight into `buf` at `offset` (one copy of the array); returns bytes written."""
+    arr = np.asarray(f.array)
+    if arr.dtype.byteorder == ">":
+        arr = arr.astype(arr.dtype.newbyteorder("<"))
+    hdr = encode_header(f, arr.nbytes)
+    end = offset + len(hdr)
+    buf[offset:end] = hdr
+    if arr.nbytes:
+        dst = np.frombuffer(buf, dtype=arr.dtype, count=arr.size, offset=end).reshape(arr.shape)
+        np.copyto(dst, arr, casting="no")
+    return len(hdr) + arr.nbytes
+
+
+def decode(buf, copy: bool = True) -> Frame:
+    """Decode one frame from a bytes-like object; `copy=False` returns an array viewing `buf`."""
+    mv = memoryview(buf).cast("B")
+    if len(mv) < FIXED_SIZE:
+        raise FrameError(f"frame of {len(mv)} bytes is shorter than the {FIXED_SIZE}-byte header",
+                         len(mv))
+    (magic, version, hlen, kind, code, ndim, name_len, n_params, sim_id, time_step, payload_len,
+     _reserved) = _FIXED.unpack_from(mv, 0)
+    if magic != MAGIC:
+        raise FrameError(f"bad magic {bytes(magic)!r}, expected {MAGIC!r}: not an onlinetrain frame",
+                         bytes(magic))
+    if version != VERSION:
+        raise FrameError(f"frame version {version} is not supported (this reader speaks {VERSION})",
+                         version)
+    if kind not in KINDS:
+        raise FrameError(f"unknown frame kind {kind}", kind)
+    if code not in DTYPES:
+        raise FrameError(f"unknown dtype code {code}", code)
+    if ndim > MAX_NDIM:
+        raise FrameError(f"ndim {ndim} exceeds {MAX_NDIM}", ndim)
+    if n_params > MAX_PARAMS:
+        raise FrameError(f"{n_params} parameters exceed {MAX_PARAMS}", n_params)
+    if hlen != header_size(ndim, n_params, name_len):
+        raise FrameError(f"header length {hlen} does not match ndim={ndim}, n_params={n_params}, "
+                         f"name_len={name_len}", hlen)
+    if len(mv) != hlen + payload_len:
+        raise FrameError(f"frame is {len(mv)} bytes but its header announces {hlen}+{payload_len}",
+                         len(mv))
+    o = FIXED_SIZE
+    shape = tuple(int(s) for s in np.frombuffer(mv, "<u8", ndim, o))
+    o += 8 * ndim
+    dtype = DTYPES[code]
+    count = 1
+    for s in shape:
+        count *= s
+    if count * dtype.itemsize != payload_len:
+        raise FrameError(f"shape {shape} of {dtype} needs {count * dtype.itemsize} bytes, "
+                         f"payload has {payload_len}", shape)
+    params = np.frombuffer(mv, "<f8", n_params, o).copy()
+    o += 8 * n_params
+    try:
+        name = bytes(mv[o:o + name_len]).decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise FrameError(f"field name is not UTF-8: {e}", bytes(mv[o:o + name_len])) from None
+    arr = np.frombuffer(mv, dtype, count, hlen).reshape(shape)
+    if copy:
+        arr = arr.copy()
+    return Frame(sim_id=sim_id, time_step=time_step, params=params, name=name, array=arr, kind=kind)

@@ -1,0 +1,100 @@
+"""Parameter sets for a study: N points in a box, reproducible from a seed.
+
+    sets = sample(n=64, seed=1, method="halton", bounds=[(100, 500)] * 5)
+    for s in sets: print(json.dumps(s))   # {"id": 0, "params": [...]}
+
+Methods: uniform (numpy), lhs, halton, sobol (scipy.stats.qmc, scrambled with the seed).
+The same (n, seed, method, bounds, start_id) always gives the same floats, hence byte-identical JSON.
+"""
+from __future__ import annotations
+
+import json
+from typing import Iterable, Sequence
+
+import numpy as np
+
+METHODS = ("uniform", "lhs", "halton", "sobol")
+DEFAULT_BOUNDS = ((100.0, 500.0),) * 5
+
+
+class SamplerError(ValueError):
+    def __init__(self, message: str, value=None):
+        super().__init__(message)
+        self.value = value
+
+
+def parse_bounds(specs: Iterable[str]) -> list[tuple[float, float]]:
+    """'LOW:HIGH' strings to pairs; one spec applies to every parameter when it is alone."""
+    out = []
+    for s in specs:
+        lo, sep, hi = str(s).partition(":")
+        try:
+            pair = (float(lo), float(hi))
+        except ValueError:
+            raise SamplerError(f"bounds {s!r} are not LOW:HIGH numbers (e.g. 100:500)", s) from None
+        if not sep:
+            raise SamplerError(f"bounds {s!r} are not LOW:HIGH (e.g. 100:500)", s)
+        out.append(pair)
+    return out
+
+
+def check_bounds(bounds: Sequence[Sequence[float]]) -> np.ndarray:
+    b = np.asarray(bounds, dtype=np.float64)
+    if b.ndim != 2 or b.shape[1] != 2 or len(b) == 0:
+        raise SamplerError(f"bounds must be a list of [low, high] pairs, got {bounds!r}", bounds)
+    for i, (lo, hi) in enumerate(b):
+        if not (np.isfinite(lo) and np.isfinite(hi)) or lo > hi:
+            raise SamplerError(f"bounds of parameter {i} are {lo:g}:{hi:g}: LOW must be <= HIGH "
+                               f"and both finite (swap them?)", (lo, hi))
+    return b
+
+
+def unit_points(n: int, dim: int, seed: int, method: str) -> np.ndarray:
+    if n < 0:
+        raise SamplerError(f"n={n}: must be >= 0", n)
+    if method not in METHODS:
+        raise SamplerError(f"unknown sampling method {method!r}: use one of {', '.join(METHODS)}",
+                           method)
+    if method == "uniform" or n == 0:
+        return np.random.default_rng(seed).random((n, dim))
+    from scipy.stats import qmc  # noqa: PLC0415 (only for quasi-random methods)
+    rng = np.random.default_rng(seed)
+    eng = {"lhs": lambda: qmc.LatinHypercube(dim, seed=rng),
+           "halton": lambda: qmc.Halton(dim, scramble=True, seed=rng),
+           "sobol": lambda: qmc.Sobol(dim, scramble=True, seed=rng)}[method]()
+    if method == "sobol":
+        m = int(np.ceil(np.log2(max(n, 1))))
+        return eng.random_base2(m)[:n]
+    return eng.random(n)
+
+
+def sample(n: int, seed: int = 0, method: str = "uniform",
+           bounds: Sequence[Sequence[float]] = DEFAULT_BOUNDS, start_id: int = 0) -> list[dict]:
+    b = check_bounds(bounds)
+    u = unit_points(n, len(b), seed, method)
+    pts = b[:, 0] + u * (b[:, 1] - b[:, 0])
+    return [{"id": start_id + i, "params": [float(v) for v in row]} for i, row in enumerate(pts)]
+
+
+def to_jsonl(sets: Iterable[dict]) -> str:
+    return "".join(json.dumps(s) + "\n" for s in sets)
+
+
+def read_jsonl(lines: Iterable[str], source: str = "<stdin>") -> list[dict]:
+    """Parse parameter-set lines, with a clear error naming the line that is wrong."""
+    out, ids = [], set()
+    for no, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            d = json.loads(line)
+            sid, params = int(d["id"]), [float(v) for v in d["params"]]
+        except (ValueError, KeyError, TypeError) as e:
+            raise SamplerError(f"{source}:{no}: expected {{\"id\": INT, \"params\": [FLOATS]}}, got "
+                               f"{line[:80]!r} ({e})", line) from None
+        if sid in ids:
+            raise SamplerError(f"{source}:{no}: simulation id {sid} appears twice", sid)
+        ids.add(sid)
+        out.append({"id": sid, "params": params})
+    return out

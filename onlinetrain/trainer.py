@@ -1,0 +1,250 @@
+"""The online trainer: drain a channel into a training buffer and train a torch model from it.
+
+A receiving thread takes frames from the channel (shm ring or TCP), turns each DATA frame into an
+(input, target) sample with the configured adapter, routes held-out simulations to the validation
+set (they never enter the buffer) and the rest into the buffer. The training loop draws batches,
+halves the learning rate at the configured batch counts, validates every `val_every` batches and
+writes metrics as JSON lines; at the end it writes a checkpoint (state_dicts plus the config).
+
+    summary = train(cfg)                       # cfg: onlinetrain.config.Config
+    summary["val_mse"], summary["mean_field_mse"]
+
+Duplicated (simulation, time step) pairs are dropped and counted; malformed frames and samples the
+adapter rejects are logged and counted, never fatal.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import frame as fr
+from .channel import open_consumer
+from .reservoir import make_buffer
+from .shm_channel import Empty
+from .surrogate import import_function
+
+log = logging.getLogger(__name__)
+
+
+class TrainError(RuntimeError):
+    def __init__(self, message: str, value=None):
+        super().__init__(message)
+        self.value = value
+
+
+class Receiver(threading.Thread):
+    """Moves frames from the channel to the buffer / validation set; accounts for everything."""
+
+    def __init__(self, consumer, buffer, cfg, adapter, expected_sims: int | None = None):
+        super().__init__(name="ot-receiver", daemon=True)
+        self.consumer, self.buffer, self.cfg, self.adapter = consumer, buffer, cfg, adapter
+        self.expected_sims = expected_sims
+        self.stop_event = threading.Event()
+        self.seen: set[tuple[int, int]] = set()
+        self.val: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+        self.sims_done: set[int] = set()
+        self.sims_failed: dict[int, str] = {}
+        self.stream_ends = 0
+        self.frames = self.samples = self.duplicates = self.rejected = 0
+        self.y_sum = None
+        self.y_count = 0
+        self.error: BaseException | None = None
+        self.last_frame = time.monotonic()
+
+    @property
+    def stream_ended(self) -> bool:
+        if self.stream_ends >= self.cfg.simulate.producers:
+            return True
+        ended = len(self.sims_done) + len(self.sims_failed)
+        return self.expected_sims is not None and ended >= self.expected_sims
+
+    def run(self):
+        try:
+            while not self.stop_event.is_set() and not self.stream_ended:
+                try:
+                    frames = self.consumer.get_many(256, timeout=0.2)
+                except Empty:
+                    idle = time.monotonic() - self.last_frame
+                    if idle > self.cfg.channel.idle_timeout:
+                        log.warning("no frame for %.0f s (channel.idle_timeout): ending the stream "
+                                    "with %d simulations done", idle, len(self.sims_done))
+                        break
+                    continue
+                except fr.FrameError as e:
+                    self.rejected += 1
+                    log.warning("rejected a malformed frame: %s", e)
+                    continue
+                self.last_frame = time.monotonic()
+                for f in frames:
+                    self.handle(f)
+        except BaseException as e:  # surfaced by the training loop
+            self.error = e
+        finally:
+            self.buffer.end_stream()
+
+    def handle(self, f: fr.Frame):
+        self.frames += 1
+        if f.kind == fr.STREAM_END:
+            self.stream_ends += 1
+            return
+        if f.kind == fr.SIM_END:
+            self.sims_done.add(f.sim_id)
+            return
+        if f.kind == fr.SIM_FAILED:
+            self.sims_failed[f.sim_id] = f.name
+            log.warning("simulation %d failed: %s", f.sim_id, f.name)
+            return
+        if f.key in self.seen:
+            self.duplicates += 1
+            return
+        try:
+            x, y = self.adapter(f, self.cfg)
+            x = np.asarray(x, np.float32).reshape(-1)
+            y = np.asarray(y, np.float32).reshape(-1)
+        except Exception as e:  # a user adapter may raise anything: count and go on
+            self.rejected += 1
+            log.warning("adapter rejected frame (sim %d, step %d): %s", f.sim_id, f.time_step, e)
+            return
+        self.seen.add(f.key)
+        self.samples += 1
+        if self.cfg.validation.is_validation(f.sim_id):
+            self.val[f.key] = (x, y)
+            return
+        if self.y_sum is None:
+            self.y_sum = np.zeros_like(y, dtype=np.float64)
+        if y.shape != self.y_sum.shape:
+            self.rejected += 1
+            log.warning("frame (sim %d, step %d) has %d target values, earlier frames had %d",
+                        f.sim_id, f.time_step, y.size, self.y_sum.size)
+            return
+        self.y_sum += y
+        self.y_count += 1
+        while not self.buffer.put(x, y, f.key, timeout=0.2):
+            if self.stop_event.is_set():
+                return
+
+
+def _atomic_torch_save(obj, path: Path):
+    import torch  # noqa: PLC0415
+    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _validate(model, val, device) -> float | None:
+    import torch  # noqa: PLC0415
+    if not val:
+        return None
+    xs = np.stack([v[0] for v in val.values()])
+    ys = np.stack([v[1] for v in val.values()])
+    total = 0.0
+    with torch.no_grad():
+        for i in range(0, len(xs), 1024):
+            x = torch.from_numpy(xs[i:i + 1024]).to(device)
+            y = torch.from_numpy(ys[i:i + 1024]).to(device)
+            total += float(((model(x) - y) ** 2).mean(dim=1).sum())
+    return total / len(xs)
+
+
+def train(cfg, consumer=None, expected_sims: int | None = None, on_progress=None,
+          stop_event: threading.Event | None = None) -> dict:
+    """Train from `consumer` (default: create cfg's channel) until the stream ends and the buffer
+    is exhausted, or `train.max_batches`. Returns the summary dict (also written to summary.json)."""
+    import torch  # noqa: PLC0415
+
+    t0 = time.monotonic()
+    torch.manual_seed(cfg.train.seed)
+    torch.set_num_threads(cfg.train.threads)
+    out = Path(cfg.output.dir)
+    out.mkdir(parents=True, exist_ok=True)
+    adapter = import_function(cfg.model.adapter)
+    builder = import_function(cfg.model.builder)
+    buf = make_buffer(cfg.buffer.kind, cfg.buffer.capacity, cfg.buffer.watermark, cfg.buffer.seed)
+    own = consumer is None
+    if own:
+        consumer = open_consumer(cfg.channel_url, capacity=cfg.channel.ring_mb << 20)
+    rx = Receiver(consumer, buf, cfg, adapter, expected_sims)
+    rx.start()
+    device = torch.device(cfg.train.device)
+    model = opt = sched = None
+    batches, loss_acc, loss_n = 0, 0.0, 0
+    metrics = open(out / "metrics.jsonl", "w")
+    val_mse = None
+    try:
+        while batches < cfg.train.max_batches:
+            if stop_event is not None and stop_event.is_set():
+                raise KeyboardInterrupt
+            b = buf.get_batch(cfg.train.batch_size, timeout=0.2)
+            if rx.error is not None:
+                raise TrainError(f"receiver failed: {rx.error}") from rx.error
+            if b is None:
+                if buf.exhausted:
+                    break
+                continue
+            if model is None:
+                model = builder(b.x.shape[1], b.y.shape[1], cfg).to(device)
+                opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+                sched = torch.optim.lr_scheduler.MultiStepLR(opt, cfg.train.lr_milestones,
+                                                             cfg.train.lr_gamma)
+            x, y = torch.from_numpy(b.x).to(device), torch.from_numpy(b.y).to(device)
+            loss = torch.nn.functional.mse_loss(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            batches += 1
+            loss_acc += loss.item()
+            loss_n += 1
+            if batches % cfg.train.val_every == 0:
+                val_mse = _validate(model, rx.val, device)
+                m = {"batch": batches, "time": round(time.monotonic() - t0, 3),
+                     "lr": sched.get_last_lr()[0], "train_loss": loss_acc / loss_n,
+                     "val_mse": val_mse, "samples": rx.samples, "buffer": len(buf),
+                     "sims_done": len(rx.sims_done)}
+                loss_acc, loss_n = 0.0, 0
+                metrics.write(json.dumps(m) + "\n")
+                metrics.flush()
+                if on_progress:
+                    on_progress(m)
+        rx.stop_event.set()
+        rx.join(timeout=5)
+        if model is None:
+            raise TrainError(f"no training sample arrived on {cfg.channel_url} "
+                             f"({rx.frames} frames, {rx.rejected} rejected): is a simulation running "
+                             f"and sending to this channel?")
+        val_mse = _validate(model, rx.val, device)
+        mean_field = None
+        if rx.val and rx.y_count:
+            mean_y = (rx.y_sum / rx.y_count).astype(np.float32)
+            ys = np.stack([v[1] for v in rx.val.values()])
+            mean_field = float(((ys - mean_y) ** 2).mean())
+        summary = {"val_mse": val_mse, "mean_field_mse": mean_field, "batches": batches,
+                   "samples_received": rx.samples, "validation_samples": len(rx.val),
+                   "duplicates_dropped": rx.duplicates, "frames_rejected": rx.rejected,
+                   "sims_done": len(rx.sims_done), "sims_failed": len(rx.sims_failed),
+                   "buffer": buf.stats(), "wall_s": round(time.monotonic() - t0, 3),
+                   "abandoned_slots": getattr(consumer, "abandoned", 0)}
+        _atomic_torch_save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                            "batches": batches, "dims": model_dims(model), "config": cfg.to_dict(),
+                            "summary": summary}, out / "checkpoint.pt")
+        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        return summary
+    finally:
+        rx.stop_event.set()
+        metrics.close()
+        rx.join(timeout=5)
+        if own:
+            consumer.close()
+
+
+def model_dims(model) -> list[int]:
+    """(in_dim, out_dim) of a model built by a builder, from its first and last Linear layers."""
+    import torch  # noqa: PLC0415
+    lin = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    return [lin[0].in_features, lin[-1].out_features] if lin else []
