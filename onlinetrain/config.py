@@ -115,7 +115,7 @@ class SimulateConfig:
 class BufferConfig:
     kind: str = "reservoir"  # reservoir | fifo | firo
     capacity: int = 2000  # samples
-    watermark: int = 500  # reservoir: minimum fill before the first batch
+    watermark: int = 0  # reservoir: minimum fill before the first batch (0: capacity // 4)
     seed: int = 0
 
     def __post_init__(self):
@@ -123,6 +123,8 @@ class BufferConfig:
                "use reservoir, fifo or firo")
         _check(isinstance(self.capacity, int) and self.capacity >= 1, "buffer.capacity",
                self.capacity, "an integer >= 1")
+        if self.watermark == 0:
+            self.watermark = max(1, self.capacity // 4)
         _check(isinstance(self.watermark, int) and 1 <= self.watermark <= self.capacity,
                "buffer.watermark", self.watermark, f"an integer in 1..capacity ({self.capacity})")
 
