@@ -38,7 +38,7 @@ def no_leaks(request):
     """Fail a test that leaves one of its shm segments or a child process behind."""
     before = _segments()
     yield
-    left = {s for s in _segments() - before if f"t{os.getpid()}-" in s or "tiny" in s}
+    left = {s for s in _segments() - before if f"t{os.getpid()}-" in s}
     kids = [p for p in psutil.Process().children(recursive=True) if _is_leak(p)]
     for s in left:
         os.unlink(f"/dev/shm/{s}")
