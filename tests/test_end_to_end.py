@@ -179,3 +179,21 @@ def test_simulate_to_missing_channel_is_a_clear_error(ring_name):
 def test_bad_channel_url():
     r = CliRunner().invoke(main, ["simulate", "--to", "shm:/x"], input="")
     assert r.exit_code != 0 and "bad channel URL 'shm:/x'" in r.output
+
+
+@pytest.mark.timeout(60)
+def test_heat2d_standalone_program_streams_every_step(ring_name):
+    from onlinetrain import frame as fr
+    from onlinetrain.shm_channel import RingConsumer
+    from solvers import heat2d
+    with RingConsumer.create(ring_name, capacity=1 << 20) as ring:
+        p = subprocess.run([sys.executable, "-m", "solvers.heat2d", "--to", f"shm://{ring_name}",
+                            "--sim-id", "3", "--params", "100", "200", "300", "400", "500",
+                            "--n", "8", "--steps", "5"], env=ENV, capture_output=True, timeout=30)
+        assert p.returncode == 0, p.stderr
+        frames = [ring.get(timeout=5) for _ in range(6)]
+    ref = list(heat2d.solve([100, 200, 300, 400, 500], n=8, steps=5))
+    assert [f.time_step for f in frames[:5]] == [1, 2, 3, 4, 5]
+    assert all(f.sim_id == 3 and f.name == "T" and f.array.shape == (8, 8) for f in frames[:5])
+    assert all(abs(f.array - u).max() < 1e-3 for f, (_, u) in zip(frames, ref))
+    assert frames[5].kind == fr.SIM_END and frames[5].time_step == 5
