@@ -46,7 +46,8 @@ def _tail(path: Path, n: int = 200) -> str:
         lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
     except FileNotFoundError:
         return ""
-    return lines[-1][-n:] if lines else ""
+    own = [ln for ln in lines if not ln.startswith(("srun:", "slurmstepd:"))]  # the program's words
+    return (own or lines)[-1][-n:] if lines else ""
 
 
 def _run(argv: list[str], **kw) -> subprocess.CompletedProcess:
@@ -89,7 +90,7 @@ class JobLauncher:
     """semiglobal mode: every simulation is its own job, so it runs wherever CPUs free up."""
 
     def __init__(self, d: Path, cfg, rec: StudyRecord):
-        self.d, self.cfg, self.rec, self.jobs = d, cfg, rec, {}
+        self.d, self.cfg, self.rec, self.jobs, self.attempts = d, cfg, rec, {}, {}
 
     def start(self, sid: int, attempt: int, command: list[str], env: dict) -> str:
         argv = S.sim_sbatch_argv(str(self.d / S.SIM_SCRIPT), f"ot-{self.cfg.output.name}-sim{sid}",
@@ -100,7 +101,7 @@ class JobLauncher:
             raise S.SlurmError(f"sbatch of simulation {sid} failed: {r.stderr.strip()}", argv)
         jid = S.parse_sbatch_id(r.stdout)
         self.rec.job(jid, "simulation", sid, attempt)
-        self.jobs[sid] = jid
+        self.jobs[sid], self.attempts[sid] = jid, attempt
         return f"job {jid}"
 
     def finished(self) -> list[tuple[int, bool, str]]:
@@ -120,6 +121,8 @@ class JobLauncher:
                 continue
             del self.jobs[sid]
             why = f"job {jid} {j.state} ({j.reason})" if j else f"job {jid} record gone"
+            tail = _tail(self.d / "logs" / f"sim-{sid}-a{self.attempts[sid]}-{jid}.log")
+            why = f"{why}: {tail}" if tail and outcome != "done" else why
             out.append((sid, outcome == "done", why))
         return out
 
