@@ -80,6 +80,9 @@ class StepLauncher:
             out.append((sid, code == 0, f"{why}: {tail}" if tail else why))
         return out
 
+    def __len__(self):
+        return len(self.procs)
+
     def stop_all(self):
         for p, _ in self.procs.values():
             terminate(p)
@@ -125,6 +128,9 @@ class JobLauncher:
             why = f"{why}: {tail}" if tail and outcome != "done" else why
             out.append((sid, outcome == "done", why))
         return out
+
+    def __len__(self):
+        return len(self.jobs)
 
     def stop_all(self):
         if self.jobs:
@@ -191,7 +197,7 @@ class Driver:
         params = {x["id"]: x["params"] for x in self.sets}
         pending = deque((x["id"], 0) for x in self.sets)
         tries: dict[int, int] = {}
-        while (pending or self.launcher_busy()) and self.trainer.poll() is None:
+        while (pending or self.running()) and self.trainer.poll() is None:
             while pending and self.running() < s.job_limit:
                 sid, attempt = pending.popleft()
                 tries[sid] = attempt
@@ -225,10 +231,7 @@ class Driver:
         return result
 
     def running(self) -> int:
-        return len(getattr(self.launcher, "procs", None) or getattr(self.launcher, "jobs", {}))
-
-    def launcher_busy(self) -> bool:
-        return self.running() > 0
+        return len(self.launcher)
 
     def close(self):
         self.launcher.stop_all()
