@@ -3,7 +3,7 @@
     parse_nodelist("node-[001-004,010]")    # ['node-001', ..., 'node-004', 'node-010']
     driver_script(cfg, study_dir, python)  # the readable sbatch script `ot slurm submit` writes
     srun_argv(["python", "-m", "onlinetrain.simrun"], name="sim3", het_group=1)
-    parse_squeue("12|RUNNING|None|ot-x\\n")  # [Job(id='12', state='RUNNING', ...)]
+    parse_squeue("12|12|RUNNING|None|ot-x\\n")  # [Job(id='12', state='RUNNING', ...)]
 
 The processes that use these (submit, the in-allocation driver, status, cancel) are in
 onlinetrain/slurm_run.py; the study's records in onlinetrain/slurm_records.py.
@@ -15,7 +15,7 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-SQUEUE_FORMAT = "%i|%T|%r|%j"  # job id | state | reason | name
+SQUEUE_FORMAT = "%i|%A|%T|%r|%j"  # job id (12+1) | numeric id (13, its steps' job) | state | reason | name
 STEPS_FORMAT = "%i|%j|%N"  # step id | step name | nodes
 DONE_STATES = {"COMPLETED"}
 FAILED_STATES = {"FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED",
@@ -93,6 +93,7 @@ def parse_nodelist(s: str) -> list[str]:
 @dataclass(frozen=True)
 class Job:
     id: str  # '12', or '12+1' for a component of heterogeneous job 12
+    job_id: str  # the numeric id of this job or het component: its steps are JOB_ID.STEP
     state: str
     reason: str
     name: str
@@ -128,7 +129,7 @@ def _rows(text: str, ncols: int, what: str) -> list[list[str]]:
 
 def parse_squeue(text: str) -> list[Job]:
     """Parse `squeue --noheader --format=SQUEUE_FORMAT` output."""
-    return [Job(*r) for r in _rows(text, 4, "squeue")]
+    return [Job(*r) for r in _rows(text, 5, "squeue")]
 
 
 def parse_steps(text: str) -> list[Step]:

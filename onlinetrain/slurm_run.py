@@ -34,7 +34,7 @@ from . import frame as fr
 from . import slurm as S
 from .channel import open_producer, parse_url
 from .procs import describe_exit, spawn, terminate
-from .shm_channel import ChannelNotFound, clean_stale
+from .shm_channel import ChannelNotFound, ConsumerGone, clean_stale
 from .simulate import build_argv, child_env
 from .slurm_records import StudyRecord
 
@@ -178,8 +178,11 @@ class Driver:
                                        f"{self.d / 'logs' / 'trainer.log'})", url) from None
 
     def _notify(self, kind: int, sid: int, reason: str):
-        self.producer.put(fr.Frame(sid, 0, np.zeros(0), reason[:200] or "-",
-                                   np.zeros(0, np.float32), kind), timeout=30)
+        try:
+            self.producer.put(fr.Frame(sid, 0, np.zeros(0), reason[:200] or "-",
+                                       np.zeros(0, np.float32), kind), timeout=30)
+        except ConsumerGone:  # the trainer finished (max_batches) or died: run() sees its exit
+            log.info("trainer gone; not telling it about simulation %d", sid)
 
     def _start_sim(self, sid: int, params, attempt: int):
         solver, url = self.cfg.solver, self.cfg.channel_url

@@ -114,11 +114,10 @@ def status(study_dir) -> dict:
     rec = StudyRecord(d)
     jobs = _jobs(d)
     steps: list[S.Step] = []
-    active = [j.base for j in jobs if S.job_outcome(j.state) == "active"]
-    if active:
-        r = _run(["squeue", "--steps", "--noheader", f"--jobs={','.join(sorted(set(active)))}",
-                  f"--format={S.STEPS_FORMAT}"], check=False)
-        steps = S.parse_steps(r.stdout) if r.returncode == 0 else []
+    active = {j.job_id for j in jobs if S.job_outcome(j.state) == "active"}
+    if active:  # every step of the cluster, then ours (het components' steps have their own ids)
+        r = _run(["squeue", "--steps", "--noheader", f"--format={S.STEPS_FORMAT}"], check=False)
+        steps = [s for s in S.parse_steps(r.stdout) if s.job in active] if r.returncode == 0 else []
     progress = None
     metrics = d / "metrics.jsonl"
     if metrics.exists():

@@ -156,8 +156,25 @@ class SlurmCluster:
             time.sleep(0.1)
         raise ClusterError("munged started but `munge -n` keeps failing")
 
+    def cancel_all(self, timeout: float = 30.0):
+        """scancel every job of this cluster and wait until none is left (so no step outlives it)."""
+        env = self.env
+        subprocess.run(["scancel", "--user=root"], env=env, capture_output=True, timeout=30)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            r = subprocess.run(["squeue", "--noheader", "-o", "%i"], env=env, capture_output=True,
+                               text=True, timeout=30)
+            if r.returncode != 0 or not r.stdout.strip():
+                return
+            time.sleep(0.2)
+
     def stop(self):
-        """SIGTERM slurmd and slurmctld by pid, wait, SIGKILL stragglers; then munged if ours."""
+        """Cancel all jobs; SIGTERM slurmd and slurmctld by pid, wait, SIGKILL; munged if ours."""
+        if self.pids:
+            try:
+                self.cancel_all()
+            except (OSError, subprocess.SubprocessError):
+                pass
         for group in (self.pids, [self.munged] if self.munged else []):
             for pid in group:
                 if _alive(pid):

@@ -197,11 +197,14 @@ def test_cancel_leaves_no_job_step_process_or_segment(study, ring_name):
     assert r.returncode == 0, r.stderr
     wait_for(marks / "hang-1-a0")
     assert any(s.name == "sim1" for s in squeue_steps(env))
+    st = json.loads(ot("slurm", "status", d, "--json", env=env).stdout)
+    assert {"trainer", "sim1"} <= {s["name"] for s in st["steps"]}
+    assert 1 in st["simulations"]["running"] and st["result"] is None
     assert [e for e in os.listdir("/dev/shm") if ring_name in e]  # the trainer's ring exists
     r = ot("slurm", "cancel", d, env=env)
     assert r.returncode == 0, r.stderr
     assert "cancelled 1 job" in r.stdout
-    q = subprocess.run(["squeue", "--noheader", "--format=%i|%T|%r|%j", f"--name=ot-{ring_name}"],
+    q = subprocess.run(["squeue", "--noheader", f"--format={S.SQUEUE_FORMAT}", f"--name=ot-{ring_name}"],
                        env=env, capture_output=True, text=True, check=True)
     assert S.parse_squeue(q.stdout) == []
     assert not [s for s in squeue_steps(env) if s.name.startswith("sim") or s.name == "trainer"]
@@ -210,6 +213,7 @@ def test_cancel_leaves_no_job_step_process_or_segment(study, ring_name):
         time.sleep(0.2)
     assert not study_procs(f"shm://{ring_name}")
     assert not [e for e in os.listdir("/dev/shm") if ring_name in e]
+    assert json.loads((d / "result.json").read_text())["status"] == "cancelled"
 
 
 @pytest.mark.timeout(150)

@@ -33,18 +33,18 @@ def test_parse_nodelist_rejects_bad_lists_naming_them(bad):
 
 
 def test_parse_squeue_and_steps():
-    jobs = S.parse_squeue("12|RUNNING|None|ot-x\n13+1|PENDING|Resources|ot-x\n\n"
-                          "14|CANCELLED by 0|None|ot-x-sim3\n")
-    assert [(j.id, j.base, j.state, j.reason) for j in jobs] == [
-        ("12", "12", "RUNNING", "None"), ("13+1", "13", "PENDING", "Resources"),
-        ("14", "14", "CANCELLED by 0", "None")]
+    jobs = S.parse_squeue("12|12|RUNNING|None|ot-x\n13+1|14|PENDING|Resources|ot-x\n\n"
+                          "15|15|CANCELLED by 0|None|ot-x-sim3\n")
+    assert [(j.id, j.base, j.job_id, j.state, j.reason) for j in jobs] == [
+        ("12", "12", "12", "RUNNING", "None"), ("13+1", "13", "14", "PENDING", "Resources"),
+        ("15", "15", "15", "CANCELLED by 0", "None")]
     assert [S.job_outcome(j.state) for j in jobs] == ["active", "active", "failed"]
     assert S.job_outcome("COMPLETED") == "done" and S.job_outcome("TIMEOUT") == "failed"
     assert S.job_outcome("NODE_FAIL") == "failed" and S.job_outcome("COMPLETING") == "active"
     steps = S.parse_steps("5.0|trainer|n1\n5.batch|batch|n1\n6.1|sim3|n2\n")
     assert [(s.id, s.job, s.name, s.nodes) for s in steps] == [
         ("5.0", "5", "trainer", "n1"), ("5.batch", "5", "batch", "n1"), ("6.1", "6", "sim3", "n2")]
-    with pytest.raises(S.SlurmError, match="expected 4"):
+    with pytest.raises(S.SlurmError, match="expected 5"):
         S.parse_squeue("garbage line\n")
 
 
