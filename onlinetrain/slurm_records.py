@@ -60,23 +60,33 @@ class StudyRecord:
         return _read(self.dir / JOBS)
 
     def attempt(self, sim_id: int, attempt: int, outcome: str, reason: str = "", where: str = ""):
-        """outcome: started | done | failed (will be restarted) | gave_up (failed for good)."""
+        """outcome: started | done | failed (will be restarted) | gave_up (failed for good) |
+        interrupted (stopped because the trainer restarted)."""
         _append(self.dir / ATTEMPTS, {"sim": sim_id, "attempt": attempt, "outcome": outcome,
                                       "reason": reason, "where": where, "time": time.time()})
+
+    def trainer_attempt(self, attempt: int, outcome: str, reason: str = ""):
+        """The trainer's attempts: started | failed (restarted) | done | gave_up."""
+        _append(self.dir / ATTEMPTS, {"role": "trainer", "attempt": attempt, "outcome": outcome,
+                                      "reason": reason, "time": time.time()})
 
     def attempts(self) -> list[dict]:
         return _read(self.dir / ATTEMPTS)
 
     def summary(self) -> dict:
-        done, failed, tries, last = [], {}, {}, {}
+        done, failed, tries, last, trainer = set(), {}, {}, {}, []
         for a in self.attempts():
+            if a.get("role") == "trainer":
+                trainer.append({k: a[k] for k in ("attempt", "outcome", "reason")})
+                continue
             sid = a["sim"]
             last[sid] = a["outcome"]
             if a["outcome"] == "started":
                 tries[sid] = tries.get(sid, 0) + 1
             elif a["outcome"] == "done":
-                done.append(sid)
+                done.add(sid)
             elif a["outcome"] == "gave_up":
                 failed[sid] = a["reason"]
         running = sorted(s for s, o in last.items() if o == "started")
-        return {"done": sorted(done), "failed": failed, "attempts": tries, "running": running}
+        return {"done": sorted(done), "failed": failed, "attempts": tries, "running": running,
+                "trainer": trainer}

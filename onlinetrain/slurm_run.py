@@ -83,6 +83,9 @@ class StepLauncher:
     def __len__(self):
         return len(self.procs)
 
+    def sids(self):
+        return self.procs.keys()
+
     def stop_all(self):
         for p, _ in self.procs.values():
             terminate(p)
@@ -132,6 +135,9 @@ class JobLauncher:
     def __len__(self):
         return len(self.jobs)
 
+    def sids(self):
+        return self.jobs.keys()
+
     def stop_all(self):
         if self.jobs:
             _run(["scancel", *self.jobs.values()])
@@ -158,11 +164,15 @@ class Driver:
         self.failed: dict[int, str] = {}
         self.trainer = self.producer = None
 
-    def _start_trainer(self):
+    def _trainer_log(self, attempt: int) -> Path:
+        return self.d / "logs" / f"trainer-a{attempt}.log"
+
+    def _start_trainer(self, attempt: int):
         url = self.cfg.channel_url
         if parse_url(url).scheme == "shm":
             clean_stale(parse_url(url).name)
-        logf = open(self.d / "logs" / "trainer.log", "wb")
+        self.rec.trainer_attempt(attempt, "started")
+        logf = open(self._trainer_log(attempt), "wb")
         self.trainer = spawn(S.srun_argv(S.trainer_command(self.python, str(self.d), url), "trainer",
                                          self.trainer_group), stdout=logf, stderr=subprocess.STDOUT)
         logf.close()
@@ -175,7 +185,7 @@ class Driver:
                 if self.trainer.poll() is not None or time.monotonic() > deadline:
                     raise S.SlurmError(f"the trainer never opened {url} ("
                                        f"{describe_exit(self.trainer.poll())}; see "
-                                       f"{self.d / 'logs' / 'trainer.log'})", url) from None
+                                       f"{self._trainer_log(attempt)})", url) from None
 
     def _notify(self, kind: int, sid: int, reason: str):
         try:
@@ -196,27 +206,60 @@ class Driver:
 
     def run(self) -> dict:
         s = self.cfg.slurm
-        self._start_trainer()
         params = {x["id"]: x["params"] for x in self.sets}
-        pending = deque((x["id"], 0) for x in self.sets)
-        tries: dict[int, int] = {}
+        pending = deque(x["id"] for x in self.sets)
+        self.tries: dict[int, int] = {}  # sim id -> index of its latest attempt
+        self.fails: dict[int, int] = {}  # sim id -> failed attempts
+        trainer_attempt = 0
+        while True:
+            self._start_trainer(trainer_attempt)
+            code = self._run_sims(pending, params)
+            if code == 0 or trainer_attempt >= s.max_restarts:
+                break
+            why = f"{describe_exit(code)}: {_tail(self._trainer_log(trainer_attempt))}"
+            log.warning("trainer failed (%s); restarting it with every simulation", why)
+            self.rec.trainer_attempt(trainer_attempt, "failed", why)
+            # no --resume yet: the new trainer needs every simulation's data again
+            for sid in list(self.launcher.sids()):
+                self.rec.attempt(sid, self.tries[sid], "interrupted", "trainer restarted")
+            self.launcher.stop_all()
+            self.producer.close()
+            self.producer = None
+            pending = deque(x["id"] for x in self.sets if x["id"] not in self.failed)
+            self.done = []
+            trainer_attempt += 1
+        self.rec.trainer_attempt(trainer_attempt, "done" if code == 0 else "gave_up",
+                                 describe_exit(code))
+        result = {"status": "completed" if code == 0 else "failed", "mode": s.mode,
+                  "done": sorted(self.done), "failed": {str(k): v for k, v in self.failed.items()},
+                  "trainer": describe_exit(code), "trainer_restarts": trainer_attempt}
+        if code != 0:
+            result["trainer_log"] = _tail(self._trainer_log(trainer_attempt), 400)
+        return result
+
+    def _run_sims(self, pending: deque, params: dict) -> int:
+        """Keep job_limit simulations running until all are done or given up, or the trainer
+        exits; then STREAM_END. Returns the trainer's exit code."""
+        s = self.cfg.slurm
         while (pending or self.running()) and self.trainer.poll() is None:
             while pending and self.running() < s.job_limit:
-                sid, attempt = pending.popleft()
-                tries[sid] = attempt
-                self._start_sim(sid, params[sid], attempt)
+                sid = pending.popleft()
+                self.tries[sid] = self.tries.get(sid, -1) + 1
+                self._start_sim(sid, params[sid], self.tries[sid])
             for sid, ok, why in self.launcher.finished():
-                attempt = tries[sid]
+                attempt = self.tries[sid]
                 if ok:
                     self.done.append(sid)
                     self.rec.attempt(sid, attempt, "done")
                     self._notify(fr.SIM_END, sid, "end")
-                elif attempt < s.max_restarts:
+                    continue
+                self.fails[sid] = self.fails.get(sid, 0) + 1
+                if self.fails[sid] <= s.max_restarts:
                     log.warning("simulation %d attempt %d failed (%s); restarting", sid, attempt, why)
                     self.rec.attempt(sid, attempt, "failed", why)
-                    pending.appendleft((sid, attempt + 1))
+                    pending.appendleft(sid)
                 else:
-                    reason = f"gave up after {attempt + 1} attempts; last: {why}"
+                    reason = f"gave up after {self.fails[sid]} attempts; last: {why}"
                     log.warning("simulation %d: %s", sid, reason)
                     self.failed[sid] = reason
                     self.rec.attempt(sid, attempt, "gave_up", reason)
@@ -225,13 +268,9 @@ class Driver:
         if self.trainer.poll() is None:
             self._notify(fr.STREAM_END, -1, "stream end")
         code = self.trainer.wait()
-        self.launcher.stop_all()  # if the trainer stopped first, the rest is not needed
-        result = {"status": "completed" if code == 0 else "failed", "mode": s.mode,
-                  "done": sorted(self.done), "failed": {str(k): v for k, v in self.failed.items()},
-                  "trainer": describe_exit(code)}
-        if code != 0:
-            result["trainer_log"] = _tail(self.d / "logs" / "trainer.log", 400)
-        return result
+        if code == 0:
+            self.launcher.stop_all()  # the trainer stopped first (max_batches): the rest is moot
+        return code
 
     def running(self) -> int:
         return len(self.launcher)

@@ -108,7 +108,8 @@ def squeue_steps(env) -> list[S.Step]:
 
 
 def attempts(d: Path) -> list[dict]:
-    return [json.loads(ln) for ln in (d / "attempts.jsonl").read_text().splitlines()]
+    return [a for a in map(json.loads, (d / "attempts.jsonl").read_text().splitlines())
+            if a.get("role") != "trainer"]
 
 
 def study_procs(url: str) -> list[psutil.Process]:
@@ -157,6 +158,38 @@ def test_global_hetjob_study_restarts_a_cancelled_step(study, ring_name):
     s = json.loads(st.stdout)
     assert s["simulations"]["done"] == ALL_IDS and s["simulations"]["attempts"]["3"] == 2
     assert s["result"]["status"] == "completed" and s["training"]["batch"] == 30
+    assert not study_procs(f"shm://{ring_name}")
+
+
+@pytest.mark.timeout(180)
+def test_killed_trainer_is_restarted_and_gets_every_simulation_again(study, ring_name):
+    cfg, d, env, marks = study("global", max_restarts=1, hang=3)
+    p = submit_bg(cfg, env)
+    try:
+        wait_for(marks / "hang-3-a0")
+        trainer = [q for q in study_procs(f"shm://{ring_name}")
+                   if "train" in q.cmdline() and "srun" not in q.cmdline()[0]]
+        assert len(trainer) == 1, [q.cmdline() for q in trainer]
+        trainer[0].kill()
+        out, err = p.communicate(timeout=150)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 0, out + err
+    res = json.loads((d / "result.json").read_text())
+    assert res["status"] == "completed" and res["trainer_restarts"] == 1
+    assert res["done"] == ALL_IDS
+    summary = json.loads((d / "summary.json").read_text())
+    assert summary["sims_done"] == 8  # the second trainer got every simulation
+    st = json.loads(ot("slurm", "status", d, "--json", env=env).stdout)
+    assert [t["outcome"] for t in st["simulations"]["trainer"]] == ["started", "failed", "started",
+                                                                    "done"]
+    assert "SIGKILL" in st["simulations"]["trainer"][1]["reason"] or \
+        "137" in st["simulations"]["trainer"][1]["reason"]
+    three = [a["outcome"] for a in attempts(d) if a.get("sim") == 3]
+    assert three[:2] == ["started", "interrupted"] and three[-1] == "done"
+    assert (d / "checkpoint.pt").exists()
     assert not study_procs(f"shm://{ring_name}")
 
 

@@ -123,7 +123,7 @@ def test_study_record_summary(tmp_path):
     r.attempt(3, 0, "started")
     (tmp_path / "attempts.jsonl").open("a").write('{"sim": 4, "outc')  # cut short by a crash
     assert r.summary() == {"done": [1], "failed": {2: "exit code 1"},
-                           "attempts": {1: 2, 2: 1, 3: 1}, "running": [3]}
+                           "attempts": {1: 2, 2: 1, 3: 1}, "running": [3], "trainer": []}
     r.job("12", "driver")
     assert [j["job"] for j in r.jobs()] == ["12"]
     r.reset()
