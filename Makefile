@@ -2,14 +2,21 @@
 PY ?= python3
 PIP_INSTALL = $(PY) -m pip install -q --no-warn-script-location
 
-.PHONY: install demo test clean
+.PHONY: install deps demo test clean
 install:
 	$(PIP_INSTALL) "torch==2.13.0" -e ".[test]"
 
 demo: install
 	$(PY) -m onlinetrain run examples/heat2d.toml
 
-test: install
+# Slurm daemons for tests/test_slurm.py (a real cluster the tests bring up): Debian packages, once.
+SUDO ?= $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+deps:
+	@test -x /usr/sbin/slurmctld || command -v slurmctld >/dev/null || { $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	  slurmctld slurmd slurm-client munge; }
+
+test: install deps
 	$(PY) -m pytest -q
 
 clean:

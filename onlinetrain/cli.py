@@ -177,5 +177,8 @@ def clean(prefix):
                                                               else ""))
 
 
+from .cli_slurm import slurm as _slurm  # noqa: E402
+main.add_command(_slurm)
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -193,6 +193,32 @@ class OutputConfig:
 
 
 @dataclass
+class SlurmConfig:
+    """`ot slurm submit`: how the study is laid out on a Slurm cluster (see docs/slurm.md)."""
+    mode: str = "global"  # global: one hetjob (trainer group 0, simulations group 1) | semiglobal
+    job_limit: int = 2  # simulations running at once (global: tasks of het group 1)
+    max_restarts: int = 2  # a failed simulation is restarted this many times, then marked failed
+    trainer_args: list = field(default_factory=list)  # sbatch args of the trainer, e.g. ["--gres=gpu:1"]
+    simulation_args: list = field(default_factory=list)  # sbatch args of the simulations
+    python: str = ""  # interpreter on the compute nodes (default: the one running `ot`)
+    poll: float = 1.0  # seconds between squeue polls (semiglobal)
+
+    def __post_init__(self):
+        _check(self.mode in ("global", "semiglobal"), "slurm.mode", self.mode,
+               "use global or semiglobal")
+        _check(isinstance(self.job_limit, int) and self.job_limit >= 1, "slurm.job_limit",
+               self.job_limit, "an integer >= 1")
+        _check(isinstance(self.max_restarts, int) and self.max_restarts >= 0,
+               "slurm.max_restarts", self.max_restarts, "an integer >= 0")
+        for k in ("trainer_args", "simulation_args"):
+            v = getattr(self, k)
+            _check(isinstance(v, list) and all(isinstance(a, str) and a.startswith("-")
+                                               and not any(c.isspace() for c in a) for a in v),
+                   f"slurm.{k}", v, 'a list of sbatch options without spaces, e.g. ["--gres=gpu:1"]')
+        _check(self.poll > 0, "slurm.poll", self.poll, "> 0")
+
+
+@dataclass
 class Config:
     solver: SolverConfig = field(default_factory=SolverConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
@@ -203,6 +229,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
 
     @property
     def channel_url(self) -> str:

@@ -1,0 +1,264 @@
+"""`ot slurm` end to end on a REAL Slurm cluster (slurmctld + 2 slurmd, brought up here).
+
+Needs the Debian packages (`make deps`); without them these tests fail, they do not skip.
+Every study is a tiny heat2d (n=8, steps=10, 8 simulations) so the whole file stays short.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from onlinetrain import slurm as S
+from tests.slurm_cluster import SlurmCluster
+
+ROOT = Path(__file__).resolve().parents[1]
+ALL_IDS = list(range(8))  # 6 training + 2 validation simulations
+
+TOML = """
+[solver]
+kind = "python"
+function = "tests.slurm_solvers:heat2d_faulty"
+n = 8
+steps = 10
+[sampling]
+n_train = 6
+n_validation = 2
+seed = 1
+[channel]
+connect_timeout = 60.0
+[buffer]
+capacity = 200
+watermark = 60
+[model]
+hidden = 16
+[train]
+batch_size = 16
+lr_milestones = [100]
+max_batches = 30
+val_every = 10
+[output]
+dir = "{dir}"
+name = "{name}"
+[slurm]
+mode = "{mode}"
+job_limit = 2
+max_restarts = {max_restarts}
+poll = 0.3
+"""
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    d = Path(tempfile.mkdtemp(prefix="ot-slurm-"))
+    c = SlurmCluster.start(d)  # raises (test error, not skip) when Slurm is not installed
+    old = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = c.conf
+    try:
+        yield c
+    finally:
+        c.stop()
+        if old is None:
+            os.environ.pop("SLURM_CONF", None)
+        else:
+            os.environ["SLURM_CONF"] = old
+
+
+@pytest.fixture
+def study(tmp_path, ring_name, cluster):
+    """Write the study config; returns (config path, study dir, env for `ot`)."""
+    marks = tmp_path / "marks"
+    marks.mkdir()
+
+    def make(mode="global", max_restarts=2, **faults):
+        d = tmp_path / "study"
+        cfg = tmp_path / "study.toml"
+        cfg.write_text(TOML.format(dir=d, name=ring_name, mode=mode, max_restarts=max_restarts))
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "OT_TEST_MARKS": str(marks),
+               **{f"OT_TEST_{k.upper()}": str(v) for k, v in faults.items()}}
+        return cfg, d, env, marks
+    return make
+
+
+def ot(*args, env, timeout=150):
+    return subprocess.run([sys.executable, "-m", "onlinetrain", *map(str, args)], env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def wait_for(path: Path, timeout: float = 60) -> Path:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} did not appear in {timeout} s"
+        time.sleep(0.1)
+    return path
+
+
+def squeue_steps(env) -> list[S.Step]:
+    r = subprocess.run(["squeue", "--steps", "--noheader", f"--format={S.STEPS_FORMAT}"],
+                       env=env, capture_output=True, text=True, check=True)
+    return S.parse_steps(r.stdout)
+
+
+def attempts(d: Path) -> list[dict]:
+    return [a for a in map(json.loads, (d / "attempts.jsonl").read_text().splitlines())
+            if a.get("role") != "trainer"]
+
+
+def study_procs(url: str) -> list[psutil.Process]:
+    out = []
+    for p in psutil.process_iter():
+        try:
+            if p.environ().get("OT_CHANNEL") == url or url in " ".join(p.cmdline()):
+                out.append(p)
+        except psutil.Error:
+            continue
+    return out
+
+
+def submit_bg(cfg, env):
+    return subprocess.Popen([sys.executable, "-m", "onlinetrain", "slurm", "submit", str(cfg),
+                             "--wait", "150"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.timeout(180)
+def test_global_hetjob_study_restarts_a_cancelled_step(study, ring_name):
+    cfg, d, env, marks = study("global", hang=3)
+    p = submit_bg(cfg, env)
+    try:
+        wait_for(marks / "hang-3-a0")
+        step = [s for s in squeue_steps(env) if s.name == "sim3"]
+        assert len(step) == 1, squeue_steps(env)
+        subprocess.run(["scancel", step[0].id], env=env, check=True)
+        out, err = p.communicate(timeout=150)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 0, out + err
+    script = (d / S.DRIVER_SCRIPT).read_text()
+    assert "#SBATCH hetjob" in script and "#SBATCH --ntasks=2" in script
+    res = json.loads((d / "result.json").read_text())
+    assert res["status"] == "completed" and res["done"] == ALL_IDS and res["failed"] == {}
+    three = [a for a in attempts(d) if a["sim"] == 3]
+    assert [a["outcome"] for a in three] == ["started", "failed", "started", "done"]
+    assert three[1]["reason"]  # why the first attempt failed is recorded
+    assert (d / "checkpoint.pt").exists()
+    summary = json.loads((d / "summary.json").read_text())
+    assert summary["sims_done"] == 8 and summary["batches"] == 30
+    st = ot("slurm", "status", d, "--json", env=env)
+    s = json.loads(st.stdout)
+    assert s["simulations"]["done"] == ALL_IDS and s["simulations"]["attempts"]["3"] == 2
+    assert s["result"]["status"] == "completed" and s["training"]["batch"] == 30
+    assert not study_procs(f"shm://{ring_name}")
+
+
+@pytest.mark.timeout(180)
+def test_killed_trainer_is_restarted_and_gets_every_simulation_again(study, ring_name):
+    cfg, d, env, marks = study("global", max_restarts=1, hang=3)
+    p = submit_bg(cfg, env)
+    try:
+        wait_for(marks / "hang-3-a0")
+        trainer = [q for q in study_procs(f"shm://{ring_name}")
+                   if "train" in q.cmdline() and "srun" not in q.cmdline()[0]]
+        assert len(trainer) == 1, [q.cmdline() for q in trainer]
+        trainer[0].kill()
+        out, err = p.communicate(timeout=150)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 0, out + err
+    res = json.loads((d / "result.json").read_text())
+    assert res["status"] == "completed" and res["trainer_restarts"] == 1
+    assert res["done"] == ALL_IDS
+    summary = json.loads((d / "summary.json").read_text())
+    assert summary["sims_done"] == 8  # the second trainer got every simulation
+    st = json.loads(ot("slurm", "status", d, "--json", env=env).stdout)
+    assert [t["outcome"] for t in st["simulations"]["trainer"]] == ["started", "failed", "started",
+                                                                    "done"]
+    assert "SIGKILL" in st["simulations"]["trainer"][1]["reason"] or \
+        "137" in st["simulations"]["trainer"][1]["reason"]
+    three = [a["outcome"] for a in attempts(d) if a.get("sim") == 3]
+    assert three[:2] == ["started", "interrupted"] and three[-1] == "done"
+    assert (d / "checkpoint.pt").exists()
+    assert not study_procs(f"shm://{ring_name}")
+
+
+@pytest.mark.timeout(180)
+def test_semiglobal_study_restarts_killed_and_gives_up_on_failing(study, ring_name):
+    cfg, d, env, marks = study("semiglobal", max_restarts=1, fail=2, hang=4)
+    p = submit_bg(cfg, env)
+    try:
+        pid = int(wait_for(marks / "hang-4-a0").read_text())
+        os.kill(pid, signal.SIGKILL)  # the simulation dies inside its job
+        out, err = p.communicate(timeout=150)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 0, out + err
+    assert "hetjob" not in (d / S.DRIVER_SCRIPT).read_text()
+    res = json.loads((d / "result.json").read_text())
+    assert res["status"] == "completed"
+    assert res["done"] == [i for i in ALL_IDS if i != 2]
+    assert list(res["failed"]) == ["2"]
+    assert "gave up after 2 attempts" in res["failed"]["2"]
+    assert "always fails" in res["failed"]["2"]  # the simulation's own words reach the record
+    two = [a["outcome"] for a in attempts(d) if a["sim"] == 2]
+    assert two == ["started", "failed", "started", "gave_up"]
+    four = [a["outcome"] for a in attempts(d) if a["sim"] == 4]
+    assert four == ["started", "failed", "started", "done"]
+    roles = [j["role"] for j in map(json.loads, (d / "jobs.jsonl").read_text().splitlines())]
+    assert roles.count("driver") == 1 and roles.count("simulation") == 8 + 2  # 2 restarts
+    assert (d / "checkpoint.pt").exists()
+    assert not study_procs(f"shm://{ring_name}")
+
+
+@pytest.mark.timeout(150)
+def test_cancel_leaves_no_job_step_process_or_segment(study, ring_name):
+    cfg, d, env, marks = study("global", hang=1, hang_always=1)
+    r = ot("slurm", "submit", cfg, env=env)
+    assert r.returncode == 0, r.stderr
+    wait_for(marks / "hang-1-a0")
+    assert any(s.name == "sim1" for s in squeue_steps(env))
+    st = json.loads(ot("slurm", "status", d, "--json", env=env).stdout)
+    assert {"trainer", "sim1"} <= {s["name"] for s in st["steps"]}
+    assert 1 in st["simulations"]["running"] and st["result"] is None
+    assert [e for e in os.listdir("/dev/shm") if ring_name in e]  # the trainer's ring exists
+    r = ot("slurm", "cancel", d, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "cancelled 1 job" in r.stdout
+    q = subprocess.run(["squeue", "--noheader", f"--format={S.SQUEUE_FORMAT}", f"--name=ot-{ring_name}"],
+                       env=env, capture_output=True, text=True, check=True)
+    assert S.parse_squeue(q.stdout) == []
+    assert not [s for s in squeue_steps(env) if s.name.startswith("sim") or s.name == "trainer"]
+    deadline = time.monotonic() + 15  # processes of a cancelled job may take a moment to go
+    while study_procs(f"shm://{ring_name}") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not study_procs(f"shm://{ring_name}")
+    assert not [e for e in os.listdir("/dev/shm") if ring_name in e]
+    assert json.loads((d / "result.json").read_text())["status"] == "cancelled"
+
+
+@pytest.mark.timeout(150)
+def test_submit_inside_an_existing_allocation_runs_there(study, tmp_path):
+    cfg, d, env, _ = study("global")
+    user_script = tmp_path / "mine.sbatch"
+    user_script.write_text(f"#!/bin/bash\n{sys.executable} -m onlinetrain slurm submit {cfg}\n")
+    r = subprocess.run(["sbatch", "--parsable", "--wait", "--nodes=1", "--ntasks=3",
+                        f"--output={tmp_path / 'mine.out'}", str(user_script)], env=env,
+                       capture_output=True, text=True, timeout=140)
+    assert r.returncode == 0, (tmp_path / "mine.out").read_text()
+    res = json.loads((d / "result.json").read_text())
+    assert res["status"] == "completed" and res["done"] == ALL_IDS
+    assert not (d / "jobs.jsonl").exists()  # nothing was submitted: it ran in the allocation
+    assert (d / "checkpoint.pt").exists()
