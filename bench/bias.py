@@ -163,7 +163,7 @@ def plot(curves, path):
         return None
     fig, ax = plt.subplots(figsize=(6, 4))
     for kind, (x, y) in curves.items():
-        ax.plot(x, y, label=kind)
+        ax.plot(x, y, label=kind, ls="--" if kind == "fifo" else "-")  # FIRO may hide FIFO
     ax.set_yscale("log")
     ax.set_xlabel("batches")
     ax.set_ylabel("validation MSE (K$^2$)")
