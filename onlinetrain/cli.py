@@ -138,7 +138,7 @@ def _report(s: dict):
 @click.option("--from", "url", required=True, help="Channel URL to drain (created by this command).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False))
 @click.option("--max-batches", type=int)
-@click.option("--buffer", type=click.Choice(["reservoir", "fifo", "firo"]))
+@click.option("--buffer", type=click.Choice(["reservoir", "fifo", "firo", "offline"]))
 @click.option("--out", "out_dir", help="Output directory (metrics.jsonl, checkpoint.pt).")
 @click.option("--producers", type=int, help="Number of `ot simulate` processes feeding the channel.")
 @click.option("--quiet", is_flag=True)

@@ -113,14 +113,24 @@ class SimulateConfig:
 
 @dataclass
 class BufferConfig:
-    kind: str = "reservoir"  # reservoir | fifo | firo
-    capacity: int = 2000  # samples
+    kind: str = "reservoir"  # reservoir | fifo | firo | offline
+    capacity: int = 2000  # samples (offline: must hold every training sample)
     watermark: int = 0  # reservoir: minimum fill before the first batch (0: capacity // 4)
     seed: int = 0
+    post_stream_batches: int = -1  # reservoir: batches served after the stream ends (-1: no limit)
+    epochs: int = 1  # offline: shuffled epochs over the whole data set once the stream has ended
+    record_arrivals: bool = False  # write arrivals.npy (keys in arrival order) to output.dir
 
     def __post_init__(self):
-        _check(self.kind in ("reservoir", "fifo", "firo"), "buffer.kind", self.kind,
-               "use reservoir, fifo or firo")
+        _check(self.kind in ("reservoir", "fifo", "firo", "offline"), "buffer.kind", self.kind,
+               "use reservoir, fifo, firo or offline")
+        _check(isinstance(self.post_stream_batches, int) and self.post_stream_batches >= -1,
+               "buffer.post_stream_batches", self.post_stream_batches,
+               "an integer >= 0, or -1 to serve until train.max_batches")
+        _check(isinstance(self.epochs, int) and self.epochs >= 1, "buffer.epochs", self.epochs,
+               "an integer >= 1")
+        _check(isinstance(self.record_arrivals, bool), "buffer.record_arrivals",
+               self.record_arrivals, "true or false")
         _check(isinstance(self.capacity, int) and self.capacity >= 1, "buffer.capacity",
                self.capacity, "an integer >= 1")
         if self.watermark == 0:

@@ -1,18 +1,27 @@
-"""Training buffers between the receiving thread and the training loop: FIFO, FIRO and Reservoir.
+"""Training buffers between the receiving thread and the training loop: FIFO, FIRO, Reservoir, Offline.
 
 - FIFO: each sample served once, in arrival order; `put` blocks when full (backpressure).
 - FIRO: each sample served once, drawn at random among those present; `put` blocks when full.
 - Reservoir: never blocks the receiver: when full, a new sample evicts one chosen uniformly at
   random; batches are drawn uniformly with repetition, only once `watermark` samples are present,
-  so the trainer keeps working (re-serving seen samples) while data is short.
+  so the trainer keeps working (re-serving seen samples) while data is short. After the stream
+  ends it keeps serving for `post_stream_batches` batches (-1: until the trainer stops).
+- Offline: the unbiased reference; holds the whole data set (capacity >= all samples), serves
+  nothing until the stream ends, then `epochs` fully shuffled epochs, each sample once per epoch.
 
     buf = make_buffer("reservoir", capacity=2000, watermark=500, seed=0)
     buf.put(x, y, key=(sim_id, step))    # receiving thread
     batch = buf.get_batch(32)            # training loop; None once the buffer is exhausted
     buf.end_stream()                     # no more samples will come
 
+End of stream: FIFO/FIRO drain what is left (the last batch may be short) and are then exhausted;
+the Reservoir serves `post_stream_batches` more batches; Offline serves its epochs.
+Waiting is on a condition variable (never a spin): `stats()["wakeups"]` counts predicate checks.
+Given a seed and an arrival order, every buffer serves the same batches (replayable); with
+`record=True` the keys are logged in arrival order (`arrivals()`), which is what a replay needs.
 Samples are float32 vectors stored in preallocated arrays (sized on the first put); every sample
-carries its (simulation id, time step) key and a times-served counter.
+carries its (simulation id, time step) key and a times-served counter (`seen`). Pair mode for
+autoregressive surrogates (u_t -> u_t+1) is in onlinetrain/pairs.py.
 """
 from __future__ import annotations
 
@@ -38,23 +47,28 @@ class Batch:
 class _Base:
     kind = "base"
 
-    def __init__(self, capacity: int, seed: int = 0):
-        if capacity < 1:
-            raise BufferError_(f"buffer capacity {capacity} must be >= 1", capacity)
+    def __init__(self, capacity: int, seed: int = 0, record: bool = False):
+        if not isinstance(capacity, (int, np.integer)) or capacity < 1:
+            raise BufferError_(f"buffer capacity {capacity!r} must be an integer >= 1", capacity)
         self.capacity = int(capacity)
         self.rng = np.random.default_rng(seed)
         self.cond = threading.Condition()
         self.x = self.y = None
-        self.keys = np.zeros((self.capacity, 2), np.int64)
-        self.seen = np.zeros(self.capacity, np.int64)
+        # sized on the first put, after the memory check
+        self.keys = np.zeros((0, 2), np.int64)
+        self.seen = np.zeros(0, np.int64)
         self.size = 0
         self.received = 0
         self.served = 0
         self.evicted = 0
+        self.evicted_unseen = 0  # evicted before ever being served
+        self.batches = 0
+        self.wakeups = 0  # predicate evaluations of waiting calls (a spin would make this huge)
         self.ended = False
+        self._arrivals: list | None = [] if record else None
 
     def _alloc(self, x: np.ndarray, y: np.ndarray):
-        need = self.capacity * (x.size + y.size) * 4
+        need = self.capacity * ((x.size + y.size) * 4 + 3 * 8)  # + key and times-served
         try:
             import psutil  # noqa: PLC0415
             avail = psutil.virtual_memory().available
@@ -67,6 +81,8 @@ class _Base:
                 f"buffer.capacity", self.capacity)
         self.x = np.zeros((self.capacity, x.size), np.float32)
         self.y = np.zeros((self.capacity, y.size), np.float32)
+        self.keys = np.zeros((self.capacity, 2), np.int64)
+        self.seen = np.zeros(self.capacity, np.int64)
 
     def _store(self, i: int, x, y, key):
         self.x[i] = np.ravel(x)
@@ -86,12 +102,27 @@ class _Base:
         """Insert one sample; False if it could not be inserted within `timeout`."""
         with self.cond:
             self._check(x, y)
-            if not self.cond.wait_for(lambda: self._has_room() or self.ended, timeout):
+            if not self.cond.wait_for(lambda: self._woke() and (self._has_room() or self.ended),
+                                      timeout):
                 return False
             self._insert(x, y, key)
             self.received += 1
+            if self._arrivals is not None:
+                self._arrivals.append(tuple(int(k) for k in key))
             self.cond.notify_all()
             return True
+
+    def _woke(self) -> bool:
+        self.wakeups += 1
+        return True
+
+    def arrivals(self) -> np.ndarray:
+        """(n, 2) int64 keys in arrival order (only with record=True)."""
+        if self._arrivals is None:
+            raise BufferError_("arrivals were not recorded: create the buffer with record=True",
+                               None)
+        with self.cond:
+            return np.array(self._arrivals, np.int64).reshape(-1, 2)
 
     def end_stream(self):
         with self.cond:
@@ -99,14 +130,18 @@ class _Base:
             self.cond.notify_all()
 
     def _take(self, idx: np.ndarray) -> Batch:
-        self.seen[idx] += 1
+        np.add.at(self.seen, idx, 1)
         self.served += len(idx)
+        self.batches += 1
         return Batch(self.x[idx].copy(), self.y[idx].copy(), self.keys[idx].copy())
 
     def get_batch(self, batch_size: int, timeout: float | None = None) -> Batch | None:
         """A batch; None when exhausted (or nothing came within `timeout`: check `exhausted`)."""
         with self.cond:
-            if not self.cond.wait_for(lambda: self._ready(batch_size) or self.exhausted, timeout):
+            if batch_size < 1:
+                raise BufferError_(f"batch size {batch_size} must be >= 1", batch_size)
+            if not self.cond.wait_for(
+                    lambda: self._woke() and (self._ready(batch_size) or self.exhausted), timeout):
                 return None
             if self.exhausted:
                 return None
@@ -118,15 +153,20 @@ class _Base:
         return self.size
 
     def stats(self) -> dict:
-        return {"kind": self.kind, "size": self.size, "received": self.received,
-                "served": self.served, "evicted": self.evicted}
+        with self.cond:
+            present = self.seen[:self.size] if self.kind != "fifo" else None
+            return {"kind": self.kind, "size": self.size, "received": self.received,
+                    "served": self.served, "batches": self.batches, "evicted": self.evicted,
+                    "evicted_unseen": self.evicted_unseen, "wakeups": self.wakeups,
+                    "mean_seen_present": (float(present.mean()) if present is not None
+                                          and len(present) else None)}
 
 
 class FIFO(_Base):
     kind = "fifo"
 
-    def __init__(self, capacity: int, seed: int = 0):
-        super().__init__(capacity, seed)
+    def __init__(self, capacity: int, seed: int = 0, record: bool = False):
+        super().__init__(capacity, seed, record)
         self.head = 0  # index of the oldest sample
 
     def _has_room(self):
@@ -137,7 +177,9 @@ class FIFO(_Base):
         self.size += 1
 
     def _ready(self, b):
-        return self.size >= b or (self.ended and self.size > 0)
+        # a full buffer is ready even below one batch: put blocks when full, so waiting for
+        # more would deadlock a trainer whose batch is larger than the capacity
+        return self.size >= min(b, self.capacity) or (self.ended and self.size > 0)
 
     @property
     def exhausted(self):
@@ -182,12 +224,24 @@ class FIRO(_Base):
 class Reservoir(_Base):
     kind = "reservoir"
 
-    def __init__(self, capacity: int, watermark: int, seed: int = 0):
-        super().__init__(capacity, seed)
+    def __init__(self, capacity: int, watermark: int, seed: int = 0,
+                 post_stream_batches: int = -1, record: bool = False):
+        super().__init__(capacity, seed, record)
         if not 1 <= watermark <= capacity:
             raise BufferError_(f"watermark {watermark} must be in 1..capacity ({capacity})",
                                watermark)
+        if post_stream_batches < -1:
+            raise BufferError_(f"post_stream_batches {post_stream_batches} must be >= 0, or -1 "
+                               f"(serve until the trainer stops)", post_stream_batches)
         self.watermark = int(watermark)
+        self.post_stream_batches = int(post_stream_batches)
+        self.batches_at_end: int | None = None
+
+    def end_stream(self):
+        with self.cond:
+            if self.batches_at_end is None:
+                self.batches_at_end = self.batches
+            super().end_stream()
 
     def _has_room(self):
         return True  # never blocks: evicts instead
@@ -197,7 +251,9 @@ class Reservoir(_Base):
             self._store(self.size, x, y, key)
             self.size += 1
         else:
-            self._store(int(self.rng.integers(self.capacity)), x, y, key)
+            i = int(self.rng.integers(self.capacity))
+            self.evicted_unseen += int(self.seen[i] == 0)
+            self._store(i, x, y, key)
             self.evicted += 1
 
     def _ready(self, b):
@@ -205,17 +261,71 @@ class Reservoir(_Base):
 
     @property
     def exhausted(self):
-        return self.ended and self.size == 0
+        if not self.ended:
+            return False
+        if self.size == 0:
+            return True
+        return (self.post_stream_batches >= 0
+                and self.batches - self.batches_at_end >= self.post_stream_batches)
 
     def _draw(self, b):
         return self._take(self.rng.integers(self.size, size=b))
 
 
-def make_buffer(kind: str, capacity: int, watermark: int = 1, seed: int = 0) -> _Base:
+class Offline(_Base):
+    """The whole data set, then `epochs` shuffled epochs (the talk's unbiased reference)."""
+    kind = "offline"
+
+    def __init__(self, capacity: int, seed: int = 0, epochs: int = 1, record: bool = False):
+        super().__init__(capacity, seed, record)
+        if not isinstance(epochs, (int, np.integer)) or epochs < 1:
+            raise BufferError_(f"offline epochs {epochs!r} must be an integer >= 1", epochs)
+        self.epochs = int(epochs)
+        self.epoch = 0
+        self.order: np.ndarray | None = None
+        self.pos = 0
+
+    def _has_room(self):
+        return True  # never blocks; a full Offline buffer is an error (see _insert)
+
+    def _insert(self, x, y, key):
+        if self.size >= self.capacity:
+            raise BufferError_(f"offline buffer is full at capacity {self.capacity}: it must hold "
+                               f"the whole data set; raise buffer.capacity to at least the number "
+                               f"of training samples", self.capacity)
+        self._store(self.size, x, y, key)
+        self.size += 1
+
+    def _ready(self, b):
+        return self.ended and self.size > 0
+
+    @property
+    def exhausted(self):
+        return self.ended and (self.size == 0 or self.epoch >= self.epochs)
+
+    def _draw(self, b):
+        if self.order is None or self.pos >= self.size:
+            self.order = self.rng.permutation(self.size)
+            self.pos = 0
+        idx = self.order[self.pos:self.pos + b]
+        self.pos += len(idx)
+        if self.pos >= self.size:
+            self.epoch += 1
+        return self._take(idx)
+
+
+KINDS = ("reservoir", "fifo", "firo", "offline")
+
+
+def make_buffer(kind: str, capacity: int, watermark: int = 1, seed: int = 0, *,
+                post_stream_batches: int = -1, epochs: int = 1, record: bool = False) -> _Base:
+    """A buffer by name; `post_stream_batches` is the Reservoir's, `epochs` Offline's."""
     if kind == "reservoir":
-        return Reservoir(capacity, watermark, seed)
+        return Reservoir(capacity, watermark, seed, post_stream_batches, record)
     if kind == "fifo":
-        return FIFO(capacity, seed)
+        return FIFO(capacity, seed, record)
     if kind == "firo":
-        return FIRO(capacity, seed)
-    raise BufferError_(f"unknown buffer kind {kind!r}: use reservoir, fifo or firo", kind)
+        return FIRO(capacity, seed, record)
+    if kind == "offline":
+        return Offline(capacity, seed, epochs, record)
+    raise BufferError_(f"unknown buffer kind {kind!r}: use {', '.join(KINDS)}", kind)

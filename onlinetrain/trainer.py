@@ -165,7 +165,9 @@ def train(cfg, consumer=None, expected_sims: int | None = None, on_progress=None
     out.mkdir(parents=True, exist_ok=True)
     adapter = import_function(cfg.model.adapter)
     builder = import_function(cfg.model.builder)
-    buf = make_buffer(cfg.buffer.kind, cfg.buffer.capacity, cfg.buffer.watermark, cfg.buffer.seed)
+    buf = make_buffer(cfg.buffer.kind, cfg.buffer.capacity, cfg.buffer.watermark, cfg.buffer.seed,
+                      post_stream_batches=cfg.buffer.post_stream_batches,
+                      epochs=cfg.buffer.epochs, record=cfg.buffer.record_arrivals)
     own = consumer is None
     if own:
         consumer = open_consumer(cfg.channel_url, capacity=cfg.channel.ring_mb << 20)
@@ -234,6 +236,8 @@ def train(cfg, consumer=None, expected_sims: int | None = None, on_progress=None
                             "batches": batches, "dims": model_dims(model), "config": cfg.to_dict(),
                             "summary": summary}, out / "checkpoint.pt")
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        if cfg.buffer.record_arrivals:
+            np.save(out / "arrivals.npy", buf.arrivals())
         return summary
     finally:
         rx.stop_event.set()
