@@ -282,9 +282,9 @@ class TcpProducer:
                 study_dir=None, reconnect_timeout: float | None = None, **_ignored) -> "TcpProducer":
         """Connect, waiting up to `timeout` s for the trainer to listen; later reconnects try for
         `reconnect_timeout` s (default: `timeout`, at least 5 s)."""
-        key = auth.resolve_token(token, token_file, study_dir)
-        p = cls(host, port, key, max(5.0, timeout) if reconnect_timeout is None
+        p = cls(host, port, None, max(5.0, timeout) if reconnect_timeout is None
                 else reconnect_timeout)
+        p._token_args = (token, token_file, study_dir)
         p._connect(timeout, first=True)
         return p
 
@@ -293,6 +293,15 @@ class TcpProducer:
         delay, attempts, last = 0.05, 0, None
         while True:
             attempts += 1
+            if self.token is None:  # the trainer creates the token: it may not be there yet
+                try:
+                    self.token = auth.resolve_token(*self._token_args)
+                except auth.AuthError as e:
+                    if "not found" not in str(e) or time.monotonic() + delay > deadline:
+                        raise
+                    time.sleep(delay)
+                    delay = min(1.0, delay * 2)
+                    continue
             try:
                 sock = socket.create_connection((self.host, self.port),
                                                 timeout=max(1.0, min(10.0, timeout)))
