@@ -143,11 +143,11 @@ def init_group(d: DistEnv, backend: str, timeout_s: float) -> bool:
     return True
 
 
-def _sum(values, device) -> np.ndarray:
+def _sum(values, device, op=None) -> np.ndarray:
     import torch  # noqa: PLC0415
     import torch.distributed as dist  # noqa: PLC0415
     t = torch.tensor(np.asarray(values, np.float64), device=device)
-    dist.all_reduce(t)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM if op is None else op)
     return t.cpu().numpy()
 
 
@@ -159,7 +159,8 @@ def _val_sums(model, val, device) -> tuple[float, int]:
 
 def _mean_field(rx, device) -> float | None:
     n = _sum([rx.y_count], device)[0]
-    dim = int(_sum([0 if rx.y_sum is None else rx.y_sum.size], device)[0])
+    import torch.distributed as dist  # noqa: PLC0415
+    dim = int(_sum([0 if rx.y_sum is None else rx.y_sum.size], device, dist.ReduceOp.MAX)[0])
     y_sum = np.zeros(dim) if rx.y_sum is None or rx.y_sum.size != dim else rx.y_sum
     totals = _sum(y_sum, device) if dim else np.zeros(0)
     sse, cnt = 0.0, 0
