@@ -109,14 +109,17 @@ def rank_main(rank, world, port, out, batch, steps, ring_name):
     print(json.dumps(s))
 
 
-@pytest.mark.timeout(180)
-def test_two_ranks_equal_one_rank_with_twice_the_batch(tmp_path, ring_name):
-    world, batch, steps = 2, 8, 6
-    port = _free_port()
-    procs = [subprocess.Popen([sys.executable, "-c", f"import test_ddp; test_ddp.rank_main("
-                               f"{r}, {world}, {port}, {str(tmp_path / 'dist')!r}, {batch}, {steps}, "
-                               f"{ring_name!r})"], env=ENV, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for r in range(world)]
+def single_main(world, out, batch, steps, ring_name):
+    """The reference: one process, the plain trainer, batch world x B on the same samples."""
+    s = _feed_and_train(ring_name, _samples(world, batch, steps), _cfg(out, world * batch), False)
+    print(json.dumps(s))
+
+
+def _python(code: str, n: int = 1) -> list:
+    """Run `code` in n fresh interpreters (tests/ importable) at once; their stdout's last JSON."""
+    procs = [subprocess.Popen([sys.executable, "-c", "import test_ddp; " + code.format(r=r)],
+                              env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for r in range(n)]
     try:
         outs = [p.communicate(timeout=150) for p in procs]
     finally:
@@ -125,15 +128,25 @@ def test_two_ranks_equal_one_rank_with_twice_the_batch(tmp_path, ring_name):
                 p.kill()
                 p.communicate()
     for p, (o, e) in zip(procs, outs):
-        assert p.returncode == 0, e
-    s0, s1 = (json.loads(o.strip().splitlines()[-1]) for o, _ in outs)
+        assert p.returncode == 0, e[-3000:]
+    return [json.loads(o.strip().splitlines()[-1]) for o, _ in outs]
+
+
+@pytest.mark.timeout(180)
+def test_two_ranks_equal_one_rank_with_twice_the_batch(tmp_path, ring_name):
+    world, batch, steps = 2, 8, 6
+    port = _free_port()
+    s0, s1 = _python(f"test_ddp.rank_main({{r}}, {world}, {port}, {str(tmp_path / 'dist')!r}, "
+                     f"{batch}, {steps}, {ring_name!r})", world)
     assert s0["batches"] == s1["batches"] == steps and s0["ranks"] == 2
     assert s0["samples_received"] == world * batch * steps
     assert s0["rank_samples"] == s1["rank_samples"] == batch * steps
     assert not (tmp_path / "dist" / "endpoint-rank0").exists()  # shm: no endpoint to publish
-    single = _feed_and_train(ring_name, _samples(world, batch, steps),
-                             _cfg(tmp_path / "one", world * batch), False)
-    assert single["batches"] == steps
+    # the reference runs in its own process too: training in the test process would warm torch up
+    # and change the timing of later tests that race simulations against max_batches
+    (single,) = _python(f"test_ddp.single_main({world}, {str(tmp_path / 'one')!r}, {batch}, "
+                        f"{steps}, {ring_name!r})")
+    assert single["batches"] == steps and "ranks" not in single
     a = torch.load(tmp_path / "dist" / "checkpoint.pt", weights_only=True)["model"]
     b = torch.load(tmp_path / "one" / "checkpoint.pt", weights_only=True)["model"]
     init = _cfg(tmp_path, 1)
@@ -187,7 +200,8 @@ def test_online_run_with_two_ranks_fed_over_tcp_by_a_relay(tmp_path, ring_name):
         assert sim.returncode == 0, sim.stderr
         r_out, r_err = relay.communicate(timeout=60)
         assert relay.returncode == 0, r_err
-        assert json.loads(r_out.strip().splitlines()[-1])["per_rank"] == [4 * 22] * 2  # 20 steps + SIM_END from the sim and from ot simulate
+        # 20 steps + a SIM_END from the simulation and one from ot simulate, per simulation
+        assert json.loads(r_out.strip().splitlines()[-1])["per_rank"] == [4 * 22] * 2
         results = [p.communicate(timeout=120) for p in ranks]
     finally:
         for p in ranks + others:
