@@ -4,7 +4,7 @@ PIP_INSTALL = $(PY) -m pip install -q --no-warn-script-location
 
 .PHONY: install deps demo test clean
 install:
-	$(PIP_INSTALL) "torch==2.13.0" -e ".[test]"
+	$(PIP_INSTALL) "torch==2.13.0" -e ".[test,mpi]" mpich  # mpich wheel: the MPI of tests/test_mpi.py
 
 demo: install
 	$(PY) -m onlinetrain run examples/heat2d.toml

@@ -93,9 +93,11 @@ def sample(n, seed, method, bounds, dim, start_id):
 @click.option("--steps", type=int, help="heat2d time steps.")
 @click.option("--scheme", type=click.Choice(["implicit", "explicit"]))
 @click.option("--connect-timeout", type=float, help="Seconds to wait for the channel to appear.")
+@click.option("--relay", is_flag=True, help="tcp:// only: simulations write to a local ring and "
+              "one relay thread forwards (always on for mpi://).")
 @click.argument("program", nargs=-1, type=click.UNPROCESSED)
 def simulate(url, params_file, config_path, concurrency, solver, n, steps, scheme, connect_timeout,
-             program):
+             relay, program):
     """Run a simulation for each parameter set and stream every time step to a channel.
 
     After `--`, an external PROGRAM template ({sim_id} {params} {p0}.. {channel}) instrumented
@@ -110,8 +112,13 @@ def simulate(url, params_file, config_path, concurrency, solver, n, steps, schem
             "solver.scheme": scheme, "simulate.concurrency": concurrency,
             "channel.connect_timeout": connect_timeout})
         sets = read_jsonl(params_file, getattr(params_file, "name", "<stdin>"))
-        res = run_simulations(sets, cfg.solver, url, cfg.simulate.concurrency,
-                              cfg.channel.connect_timeout)
+        if url.startswith("mpi://"):  # every simulate rank of the MPI job reads the same file
+            from .mpi_channel import share  # noqa: PLC0415
+            sets = share(sets)
+        from .relay import maybe_relayed  # noqa: PLC0415
+        with maybe_relayed(url, relay, cfg.channel.connect_timeout) as target:
+            res = run_simulations(sets, cfg.solver, target, cfg.simulate.concurrency,
+                                  cfg.channel.connect_timeout)
         click.echo(f"{len(res.done)} simulations done, {len(res.failed)} failed in "
                    f"{res.wall_s:.1f} s", err=True)
         for sid, why in res.failed.items():
@@ -177,8 +184,11 @@ def clean(prefix):
                                                               else ""))
 
 
+from .cli_net import relay as _relay_cmd  # noqa: E402
 from .cli_slurm import slurm as _slurm  # noqa: E402
+
 main.add_command(_slurm)
+main.add_command(_relay_cmd)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

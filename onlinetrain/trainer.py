@@ -158,6 +158,9 @@ def train(cfg, consumer=None, expected_sims: int | None = None, on_progress=None
     is exhausted, or `train.max_batches`. Returns the summary dict (also written to summary.json)."""
     import torch  # noqa: PLC0415
 
+    from . import ddp  # noqa: PLC0415
+    if ddp.wants_distributed(cfg):  # several ranks (torchrun, srun) or an MPI channel
+        return ddp.train(cfg, consumer, expected_sims, on_progress, stop_event)
     t0 = time.monotonic()
     torch.manual_seed(cfg.train.seed)
     torch.set_num_threads(cfg.train.threads)
@@ -170,7 +173,8 @@ def train(cfg, consumer=None, expected_sims: int | None = None, on_progress=None
                       epochs=cfg.buffer.epochs, record=cfg.buffer.record_arrivals)
     own = consumer is None
     if own:
-        consumer = open_consumer(cfg.channel_url, capacity=cfg.channel.ring_mb << 20)
+        consumer = open_consumer(cfg.channel_url, capacity=cfg.channel.ring_mb << 20,
+                                 study_dir=cfg.output.dir)  # tcp: secret.token lives there
     rx = Receiver(consumer, buf, cfg, adapter, expected_sims)
     rx.start()
     device = torch.device(cfg.train.device)
