@@ -143,12 +143,11 @@ class Ledger:
 
     def _locked(self):
         try:
-            self.lock.acquire()
+            return self.lock.acquire()  # a context manager that releases once
         except Timeout:
             raise LedgerError(f"could not lock {self.lock.lock_file} within {self.lock.timeout} s: "
                               f"is the file system shared with working locks? (see "
                               f"docs/fault-tolerance.md)", self.lock.lock_file) from None
-        return self.lock
 
     def _append(self, events: list[dict]):
         """Append `events` (caller holds the lock and has synced)."""
