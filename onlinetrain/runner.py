@@ -67,6 +67,7 @@ def attach_study(cfg, resume: bool):
 def new_study(cfg, out: Path) -> list[dict]:
     """Fresh study files in `out` (an older study there is replaced)."""
     sets = study_sets(cfg)
+    out.mkdir(parents=True, exist_ok=True)
     for old in ("checkpoints", "workers"):
         shutil.rmtree(out / old, ignore_errors=True)
     (out / "params.jsonl").write_text(sampler.to_jsonl(sets))
