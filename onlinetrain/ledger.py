@@ -115,7 +115,7 @@ class Ledger:
         elif ev == "restart":
             s.update(attempts=s["attempts"] + 1, reason=e.get("reason", ""))
         elif ev == "done":
-            s.update(state=DONE, reason="")
+            s.update(state=DONE)  # reason: the last crash, if any
         elif ev == "fail":
             s.update(state=FAILED, attempts=s["attempts"] + 1, reason=e.get("reason", ""))
         elif ev == "release":
