@@ -222,3 +222,34 @@ def test_killed_worker_sets_are_reclaimed_by_another(tmp_path, ring_name):
     assert sorted(e["id"] for e in released) == [0, 1]
     assert all(f"{a.pid} disappeared" in e["reason"] for e in released)
     assert set(drain.count) == {(i, k) for i in range(4) for k in range(1, 4)}
+
+
+def test_remote_worker_is_judged_by_its_heartbeat(tmp_path):
+    from onlinetrain.ledger import heartbeat_path
+    led = Ledger.create(tmp_path, _sets(2))
+    led.claim("otherhost:123", 2)
+    hb = heartbeat_path(tmp_path, "otherhost:123")
+    time.sleep(0.3)
+    hb.write_text(json.dumps({"worker": "otherhost:123", "t": time.time()}))
+    led.reclaim(worker_timeout=0.25)
+    assert led.counts()["running"] == 2  # its heartbeat is fresh: still alive
+    hb.write_text(json.dumps({"worker": "otherhost:123", "t": time.time() - 1}))
+    led.reclaim(worker_timeout=0.25)
+    assert led.counts() == {"pending": 2, "running": 0, "done": 0, "failed": 0}
+
+
+def test_bad_fault_tolerance_settings_and_resume_without_study(tmp_path):
+    from click.testing import CliRunner
+    from onlinetrain import config
+    from onlinetrain.cli import main
+    for key, value in (("simulate.max_restarts", -1), ("simulate.simulation_timeout", -2.0),
+                       ("train.checkpoint_every", -5), ("simulate.crashes_before_redraw", 1.5)):
+        with pytest.raises(config.ConfigError) as e:
+            config.load(None, {key: value})
+        assert e.value.key == key and key in str(e.value)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[output]\ndir = "{tmp_path / "nothing"}"\n')
+    r = CliRunner().invoke(main, ["run", str(cfg), "--resume"])
+    assert r.exit_code != 0 and "nothing to resume" in r.output and "without --resume" in r.output
+    r = CliRunner().invoke(main, ["status", str(tmp_path)])
+    assert r.exit_code != 0 and "ledger.jsonl not found" in r.output
