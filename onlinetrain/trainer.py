@@ -238,7 +238,7 @@ def train(cfg, consumer=None, expected_sims: int | None = None, on_progress=None
                 m = {"batch": batches, "time": round(time.monotonic() - t0, 3),
                      "lr": sched.get_last_lr()[0], "train_loss": loss_acc / loss_n,
                      "val_mse": val_mse, "samples": rx.samples, "buffer": len(buf),
-                     "sims_done": len(rx.sims_done)}
+                     "sims_done": len(rx.sims_done), "duplicates": rx.duplicates}
                 loss_acc, loss_n = 0.0, 0
                 metrics.write(json.dumps(m) + "\n")
                 metrics.flush()

@@ -135,7 +135,7 @@ def test_sigkill_trainer_then_resume(tmp_path, ring_name):
         if p.poll() is None:
             p.kill()
             p.wait()
-        for c in orphans:  # its simulations would die on ConsumerGone; do not wait for that
+        for c in orphans:  # they would end on their own (into the dead ring); do not wait
             try:
                 os.killpg(c.pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -161,3 +161,34 @@ def test_sigkill_trainer_then_resume(tmp_path, ring_name):
     # the optimizer / scheduler continued: LR halved at batch 8, before the crash, stays halved
     assert all(x["lr"] == pytest.approx(5e-4) for x in m if x["batch"] > ck_batch)
     assert all(np.isfinite(x["train_loss"]) for x in m)
+
+
+def _pipe(tmp_path, ring_name, n, extra):
+    url = f"shm://{ring_name}"
+    sample = subprocess.run(OT + ["sample", "-n", str(n), "--seed", "1"], capture_output=True,
+                            text=True, check=True, env=ENV)
+    sim = subprocess.Popen(OT + ["simulate", "--to", url, "--n", "8", "--steps", "20",
+                                 "--connect-timeout", "60"], stdin=subprocess.PIPE, text=True,
+                           stderr=subprocess.PIPE, env=ENV, start_new_session=True)
+    sim.stdin.write(sample.stdout)
+    sim.stdin.close()
+    r = subprocess.run(OT + ["train", "--from", url, "--config",
+                             str(ROOT / "examples" / "heat2d-tiny.toml"), "--out", str(tmp_path),
+                             "--quiet"] + extra, capture_output=True, text=True, timeout=100,
+                       env=ENV)
+    assert sim.wait(30) == 0, sim.stderr.read()
+    assert r.returncode == 0, r.stderr
+    return json.loads((tmp_path / "summary.json").read_text()), r.stderr
+
+
+@pytest.mark.timeout(200)
+def test_ot_train_resume_in_a_pipe(tmp_path, ring_name):
+    s1, _ = _pipe(tmp_path, ring_name, 6, ["--buffer", "fifo"])
+    assert s1["samples_received"] == 6 * 20 and s1["buffer"]["served"] == 5 * 20  # 1 held out
+    # resume: the same 6 simulations again (all duplicates) and 6 new ones (2 held out)
+    s2, err = _pipe(tmp_path, ring_name, 12, ["--buffer", "fifo", "--resume"])
+    assert "resumed from" in err and f"at batch {s1['batches']}" in err
+    assert s2["batches"] > s1["batches"] and s2["buffer"]["served"] == 9 * 20
+    assert s2["samples_received"] == 12 * 20 and s2["duplicates_dropped"] == 6 * 20
+    seen, _ = received(tmp_path)
+    assert seen == {(i, k) for i in range(12) for k in range(1, 21)}
