@@ -19,7 +19,8 @@ from pathlib import Path
 import click
 
 from . import config as C
-from .ledger import DONE, FAILED, PENDING, RUNNING, Ledger, LedgerSource, read_heartbeat
+from .ledger import DONE, FAILED, PENDING, RUNNING, Ledger, read_heartbeat
+from .study import LedgerSource
 
 
 def study_config(study_dir) -> C.Config:

@@ -18,7 +18,7 @@ naming the file; a corrupt line anywhere else is a LedgerError naming the file a
     led.done(s["id"], worker_id())
     led.counts()                                # {"pending": .., "running": .., "done": .., ...}
 
-Workers write a heartbeat file `workers/<host>-<pid>.json` (see Heartbeat); a running set whose
+Workers write a heartbeat file `workers/<host>-<pid>.json` (study.Heartbeat); a running set whose
 worker is gone (same host: its pid is dead; other host: heartbeat older than worker_timeout) is
 released by the next worker that looks (`reclaim`).
 """
@@ -28,7 +28,6 @@ import json
 import logging
 import os
 import socket
-import threading
 import time
 from pathlib import Path
 
@@ -287,115 +286,3 @@ def worker_alive(study_dir, worker: str, pstart: float, worker_timeout: float,
     hb = read_heartbeat(heartbeat_path(study_dir, worker))
     last = hb["t"] if hb and isinstance(hb.get("t"), (int, float)) else claimed_at
     return time.time() - last <= worker_timeout
-
-
-class Heartbeat(threading.Thread):
-    """Rewrites workers/<host>-<pid>.json every `every` s: {"worker", "t", "running": {id: sent}}."""
-
-    def __init__(self, study_dir, worker: str, every: float, running=None):
-        super().__init__(name="ot-heartbeat", daemon=True)
-        self.path = heartbeat_path(study_dir, worker)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.worker, self.every, self.running = worker, every, running or (lambda: {})
-        self.stopped = threading.Event()
-        self.beat()
-
-    def beat(self):
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"worker": self.worker, "host": HOST, "pid": os.getpid(),
-                                   "t": round(time.time(), 3), "running": self.running()}))
-        os.replace(tmp, self.path)
-
-    def run(self):
-        while not self.stopped.wait(self.every):
-            try:
-                self.beat()
-            except OSError as e:  # a full or vanished file system must not kill the worker
-                log.warning("heartbeat %s: %s", self.path, e)
-
-    def stop(self):
-        self.stopped.set()
-        self.join(timeout=5)
-        try:
-            self.path.unlink()
-        except OSError:
-            pass
-
-
-class StudyDone:
-    """Trainer end condition: every set is done or failed and every done set's SIM_END arrived.
-    Called with the Receiver; looks at the ledger at most once a second."""
-
-    def __init__(self, ledger: Ledger, every: float = 1.0):
-        self.ledger, self.every, self._t, self._last = ledger, every, 0.0, False
-
-    def __call__(self, rx) -> bool:
-        now = time.monotonic()
-        if now - self._t < self.every:
-            return self._last
-        self._t = now
-        snap = self.ledger.snapshot()
-        self._last = bool(snap) and all(s["state"] in (DONE, FAILED) for s in snap.values()) and \
-            all(i in rx.sims_done for i, s in snap.items() if s["state"] == DONE)
-        return self._last
-
-
-def prepare_resume(ledger: Ledger, fully_received: set[int], worker_timeout: float) -> list[int]:
-    """Before a resumed trainer starts: release sets of dead workers, and put back to pending
-    the done sets whose data the trainer lost (not fully received in its checkpoint)."""
-    ledger.reclaim(worker_timeout)
-    snap = ledger.snapshot()
-    lost = sorted(i for i, s in snap.items() if s["state"] == DONE and i not in fully_received)
-    if lost:
-        log.warning("re-running %d simulations whose data was lost with the trainer", len(lost))
-        ledger.release(lost, "data lost with the trainer; re-run")
-    return lost
-
-
-class LedgerSource:
-    """simulate.run_simulations' supplier of work in a study: claims from the ledger, records
-    done / crashed, heartbeats, and releases what it still runs when stopped.
-
-        run_simulations(None, cfg.solver, url, k, source=LedgerSource(Ledger(d), cfg.simulate))
-    """
-
-    def __init__(self, ledger: Ledger, sim_cfg, redraw=None, worker: str | None = None,
-                 poll: float = 1.0):
-        self.ledger, self.cfg, self.redraw = ledger, sim_cfg, redraw
-        self.worker = worker or worker_id()
-        self.poll, self._next = poll, 0.0
-        self.mine: set[int] = set()
-        self.hb = Heartbeat(ledger.dir, self.worker, max(0.2, sim_cfg.worker_timeout / 5),
-                            lambda: {str(i): None for i in sorted(self.mine)})
-        self.hb.start()
-
-    def claim(self):
-        now = time.monotonic()
-        if now < self._next:
-            return None
-        got = self.ledger.claim(self.worker, 1, self.cfg.worker_timeout)
-        if not got:
-            self._next = now + self.poll  # nothing pending: look again later
-            return None
-        self.mine.add(got[0]["id"])
-        return got[0]
-
-    def done(self, sid: int):
-        self.ledger.done(sid, self.worker)
-        self.mine.discard(sid)
-
-    def crashed(self, sid: int, reason: str) -> str:
-        v = self.ledger.crashed(sid, self.worker, reason, self.cfg.max_restarts,
-                                self.cfg.crashes_before_redraw, self.redraw)
-        if v != "restart":
-            self.mine.discard(sid)
-        return v
-
-    def finished(self) -> bool:
-        """Nothing pending and nothing running anywhere (a running set may still come back)."""
-        return self.ledger.finished()
-
-    def close(self):
-        if self.mine:
-            self.ledger.release(sorted(self.mine), f"worker {self.worker} stopped", self.worker)
-        self.hb.stop()

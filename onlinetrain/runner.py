@@ -22,7 +22,8 @@ import time
 from pathlib import Path
 
 from . import checkpoint, sampler
-from .ledger import Ledger, LedgerError, LedgerSource, StudyDone, prepare_resume
+from .ledger import Ledger, LedgerError
+from .study import LedgerSource, StudyDone, prepare_resume
 from .channel import open_consumer, parse_url
 from .shm_channel import clean_stale
 from .simulate import run_simulations

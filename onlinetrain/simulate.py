@@ -12,7 +12,7 @@ A simulation that exits non-zero or sends nothing for `simulation_timeout` secon
 and restarted up to `max_restarts` times (docs/fault-tolerance.md); one that still fails is reported
 to the trainer with a SIM_FAILED frame, so the trainer never waits for data that will not come. At
 the end one STREAM_END frame tells the trainer this producer is finished (not in study mode, where
-the ledger says when the study is over: `source=ledger.LedgerSource(...)`).
+the ledger says when the study is over: `source=study.LedgerSource(...)`).
 """
 from __future__ import annotations
 
@@ -134,7 +134,7 @@ def run_simulations(sets: list[dict] | None, solver, url: str, concurrency: int 
 
     A simulation that exits non-zero, or whose progress file (client.ENV_PROGRESS) does not change
     for `simulation_timeout` seconds (0: never), is killed (process group) and restarted, up to
-    `max_restarts` times, then reported failed. `source` (e.g. ledger.LedgerSource) replaces `sets`
+    `max_restarts` times, then reported failed. `source` (e.g. study.LedgerSource) replaces `sets`
     as the supplier of work and the judge of restarts."""
     t0 = time.monotonic()
     res = SimResult()

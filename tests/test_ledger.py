@@ -12,7 +12,8 @@ import psutil
 import pytest
 
 from onlinetrain import frame as fr
-from onlinetrain.ledger import Ledger, LedgerError, StudyDone, prepare_resume, worker_id
+from onlinetrain.ledger import Ledger, LedgerError, worker_id
+from onlinetrain.study import StudyDone, prepare_resume
 from onlinetrain.shm_channel import Empty, RingConsumer
 
 from conftest import ROOT
