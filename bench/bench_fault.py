@@ -1,4 +1,4 @@
-"""Cost of fault tolerance: a resumable checkpoint vs a training batch, a ledger claim vs a bare append.
+"""Cost of fault tolerance: a checkpoint vs a training batch, a ledger claim vs a bare append.
 
     python bench/bench_fault.py [--quick]
 

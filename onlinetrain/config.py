@@ -105,8 +105,8 @@ class SimulateConfig:
     producers: int = 1  # trainer: how many `ot simulate` processes will send STREAM_END
     # fault tolerance (docs/fault-tolerance.md)
     max_restarts: int = 2  # restarts of a crashed / silent simulation before its set is failed
-    simulation_timeout: float = 300.0  # seconds without a frame before a simulation is killed (0: off)
-    crashes_before_redraw: int = 0  # > 0: after this many crashes a set is failed and a new one drawn
+    simulation_timeout: float = 300.0  # s without a frame before a simulation is killed (0: off)
+    crashes_before_redraw: int = 0  # > 0: after this many crashes a set fails, a new one is drawn
     worker_timeout: float = 30.0  # a study worker whose heartbeat is older is presumed dead
 
     def __post_init__(self):

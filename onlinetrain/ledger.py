@@ -63,7 +63,8 @@ def worker_id(pid: int | None = None) -> str:
 def _alive_local(pid: int, start: float) -> bool:
     try:
         p = psutil.Process(pid)
-        return p.status() != psutil.STATUS_ZOMBIE and (not start or abs(p.create_time() - start) < 1)
+        same = not start or abs(p.create_time() - start) < 1  # not a reused pid
+        return p.status() != psutil.STATUS_ZOMBIE and same
     except psutil.Error:
         return False
 

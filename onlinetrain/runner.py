@@ -23,7 +23,7 @@ from pathlib import Path
 
 from . import checkpoint, sampler
 from .ledger import Ledger, LedgerError
-from .study import LedgerSource, StudyDone, prepare_resume
+from .study import LedgerSource, StudyDone, prepare_resume, trainer_lock
 from .channel import open_consumer, parse_url
 from .shm_channel import clean_stale
 from .simulate import run_simulations
@@ -84,18 +84,26 @@ def run_study(cfg, on_progress=None, resume: bool = False) -> dict:
     cfg.validation.first_id = cfg.sampling.n_train  # held out: the ids after training ids
     cfg.validation.end_id = cfg.sampling.n_train + cfg.sampling.n_validation
     cfg.validation.every = 0
-    if resume:
-        if not (out / "ledger.jsonl").exists():
-            raise LedgerError(f"nothing to resume in {out} (no ledger.jsonl): run without "
-                              f"--resume", str(out / "ledger.jsonl"))
-    else:
-        new_study(cfg, out)
-    finished = attach_study(cfg, resume)
+    if resume and not (out / "ledger.jsonl").exists():
+        raise LedgerError(f"nothing to resume in {out} (no ledger.jsonl): run without --resume",
+                          str(out / "ledger.jsonl"))
+    with trainer_lock(out):
+        return _run_locked(cfg, out, t0, on_progress, resume)
+
+
+def _run_locked(cfg, out: Path, t0: float, on_progress, resume: bool) -> dict:
     url = cfg.channel_url
     u = parse_url(url)
     if u.scheme == "shm":
         clean_stale(u.name)
     consumer = open_consumer(url, capacity=cfg.channel.ring_mb << 20)
+    try:
+        if not resume:
+            new_study(cfg, out)
+        finished = attach_study(cfg, resume)
+    except BaseException:
+        consumer.close()
+        raise
     stop = threading.Event()
     sim_box: dict = {}
 

@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 
 class Heartbeat(threading.Thread):
-    """Rewrites workers/<host>-<pid>.json every `every` s: {"worker", "t", "running": {id: sent}}."""
+    """Rewrites workers/<host>-<pid>.json every `every` s: {"worker", "t", "running": [ids]}."""
 
     def __init__(self, study_dir, worker: str, every: float, running=None):
         super().__init__(name="ot-heartbeat", daemon=True)
@@ -95,7 +95,7 @@ class LedgerSource:
         self.poll, self._next = poll, 0.0
         self.mine: set[int] = set()
         self.hb = Heartbeat(ledger.dir, self.worker, max(0.2, sim_cfg.worker_timeout / 5),
-                            lambda: {str(i): None for i in sorted(self.mine)})
+                            lambda: sorted(self.mine))
         self.hb.start()
 
     def claim(self):
@@ -128,3 +128,19 @@ class LedgerSource:
         if self.mine:
             self.ledger.release(sorted(self.mine), f"worker {self.worker} stopped", self.worker)
         self.hb.stop()
+
+
+def trainer_lock(study_dir):
+    """Held by the one trainer of a study for its lifetime (released by the OS if it dies): a
+    second trainer, e.g. `--resume` while the first still runs, is refused instead of competing."""
+    from filelock import FileLock, Timeout  # noqa: PLC0415
+
+    from .ledger import LedgerError  # noqa: PLC0415
+    path = os.path.join(study_dir, "trainer.lock")
+    lock = FileLock(path, timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise LedgerError(f"another trainer is running on study {study_dir} (it holds {path}); "
+                          f"stop it first, or resume only once it is dead", path) from None
+    return lock

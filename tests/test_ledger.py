@@ -1,4 +1,4 @@
-"""The study ledger: claims, restarts, redraws, corrupt lines, and real workers in real processes."""
+"""The study ledger: claims, restarts, redraws, corrupt lines, real workers in real processes."""
 import json
 import logging
 import os

@@ -192,3 +192,27 @@ def test_ot_train_resume_in_a_pipe(tmp_path, ring_name):
     assert s2["samples_received"] == 12 * 20 and s2["duplicates_dropped"] == 6 * 20
     seen, _ = received(tmp_path)
     assert seen == {(i, k) for i in range(12) for k in range(1, 21)}
+
+
+@pytest.mark.timeout(120)
+def test_second_trainer_on_a_live_study_is_refused(tmp_path, ring_name):
+    from onlinetrain.runner import new_study
+    cfg = write_study(tmp_path, ring_name, 2, 0)
+    new_study(config.load(cfg), tmp_path / "study")
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\n"
+                               "from filelock import FileLock\n"
+                               "lock = FileLock(sys.argv[1]); lock.acquire()\n"
+                               "print('held', flush=True)\n"
+                               "time.sleep(60)", str(tmp_path / "study" / "trainer.lock")],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        before = (tmp_path / "study" / "ledger.jsonl").read_text()
+        r = subprocess.run(OT + ["run", str(cfg), "--resume"], env=ENV, capture_output=True,
+                           text=True, timeout=60)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert r.returncode != 0 and "another trainer is running" in r.stderr
+    assert "trainer.lock" in r.stderr
+    assert (tmp_path / "study" / "ledger.jsonl").read_text() == before  # nothing touched
