@@ -254,3 +254,48 @@ def test_bad_fault_tolerance_settings_and_resume_without_study(tmp_path):
     assert r.exit_code != 0 and "nothing to resume" in r.output and "without --resume" in r.output
     r = CliRunner().invoke(main, ["status", str(tmp_path)])
     assert r.exit_code != 0 and "ledger.jsonl not found" in r.output
+
+
+@pytest.mark.timeout(180)
+def test_worker_joins_a_running_ot_run(tmp_path, ring_name):
+    """Elasticity: `ot simulate --study DIR` started next to a running `ot run` takes work."""
+    prog = tmp_path / "gated.py"
+    prog.write_text(GATED)
+    gate = tmp_path / "go"
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f"""[solver]\nkind = "program"\nargv = ["{sys.executable}", "{prog}", "{gate}"]
+steps = 3\n[sampling]\nn_train = 6\nn_validation = 0\n[simulate]\nconcurrency = 1
+[buffer]\nkind = "fifo"\ncapacity = 100\n[model]\nadapter = "test_ledger:adapter"\nhidden = 8
+[train]\nbatch_size = 2\nmax_batches = 100000\n
+[output]\ndir = "{tmp_path / 'study'}"\nname = "{ring_name}"\n""")
+    env = {**ENV, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
+    study = tmp_path / "study"
+    run = subprocess.Popen(OT + ["run", str(cfg), "--quiet"], env=env, stderr=subprocess.PIPE,
+                           text=True)
+    extra = None
+    try:
+        assert _wait_for(lambda: (study / "ledger.jsonl").exists() and _claims(study), 90)
+        extra = subprocess.Popen(OT + ["simulate", "--study", str(study)], env=env,
+                                 stderr=subprocess.PIPE, text=True)
+        assert _wait_for(lambda: len({c["worker"] for c in _claims(study)}) == 2, 60)
+        gate.touch()
+        assert extra.wait(90) == 0, extra.stderr.read()
+        assert run.wait(90) == 0, run.stderr.read()
+    finally:
+        for p in (run, extra):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait()
+    claims = _claims(study)
+    assert sorted(c["id"] for c in claims) == list(range(6))
+    assert {c["worker"].rpartition(":")[2] for c in claims} == {str(run.pid), str(extra.pid)}
+    s = json.loads((study / "summary.json").read_text())
+    assert s["samples_received"] == 6 * 3 and s["duplicates_dropped"] == 0
+    assert s["ledger"] == {"pending": 0, "running": 0, "done": 6, "failed": 0}
+
+
+def adapter(frame, cfg):
+    """x: the simulation id and step; y: the 2x2 field (the gated solver's frames)."""
+    import numpy as np
+    return (np.array([frame.sim_id, frame.time_step], np.float32),
+            np.asarray(frame.array, np.float32).reshape(-1))
