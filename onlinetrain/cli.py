@@ -28,8 +28,10 @@ def _errors():
     from .reservoir import BufferError_  # noqa: PLC0415
     from .simulate import SimulateError  # noqa: PLC0415
     from .trainer import TrainError  # noqa: PLC0415
+    from .checkpoint import CheckpointError  # noqa: PLC0415
+    from .ledger import LedgerError  # noqa: PLC0415
     return (C.ConfigError, ChannelError, SamplerError, FrameError, SimulateError, TrainError,
-            ClientError, BufferError_)
+            ClientError, BufferError_, LedgerError, CheckpointError)
 
 
 class _Guard:
@@ -82,7 +84,9 @@ def sample(n, seed, method, bounds, dim, start_id):
 
 
 @main.command(context_settings={"ignore_unknown_options": True})
-@click.option("--to", "url", required=True, help="Channel URL: shm://NAME or tcp://HOST:PORT.")
+@click.option("--to", "url", help="Channel URL: shm://NAME or tcp://HOST:PORT.")
+@click.option("--study", "study_dir", type=click.Path(file_okay=False),
+              help="Work for this study directory: claim its pending sets until none is left.")
 @click.option("--params", "params_file", type=click.File("r"), default="-",
               help="JSON-lines parameter sets (default: stdin).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
@@ -96,14 +100,23 @@ def sample(n, seed, method, bounds, dim, start_id):
 @click.option("--relay", is_flag=True, help="tcp:// only: simulations write to a local ring and "
               "one relay thread forwards (always on for mpi://).")
 @click.argument("program", nargs=-1, type=click.UNPROCESSED)
-def simulate(url, params_file, config_path, concurrency, solver, n, steps, scheme, connect_timeout,
-             relay, program):
+def simulate(url, study_dir, params_file, config_path, concurrency, solver, n, steps, scheme,
+             connect_timeout, relay, program):
     """Run a simulation for each parameter set and stream every time step to a channel.
 
     After `--`, an external PROGRAM template ({sim_id} {params} {p0}.. {channel}) instrumented
     with onlinetrain.client is run instead of a Python solver."""
     from .sampler import read_jsonl  # noqa: PLC0415
     from .simulate import run_simulations  # noqa: PLC0415
+    if study_dir:
+        from .cli_study import study_worker  # noqa: PLC0415
+        with _Guard():
+            res = study_worker(study_dir, concurrency)
+            click.echo(f"{len(res.done)} simulations done, {len(res.failed)} failed, "
+                       f"{res.restarts} restarts in {res.wall_s:.1f} s", err=True)
+        return
+    if not url:
+        raise click.UsageError("give --to URL (or --study DIR)")
     with _Guard():
         kind = "program" if program else ("python" if solver and solver != "heat2d" else None)
         cfg = C.load(config_path, {
@@ -118,7 +131,9 @@ def simulate(url, params_file, config_path, concurrency, solver, n, steps, schem
         from .relay import maybe_relayed  # noqa: PLC0415
         with maybe_relayed(url, relay, cfg.channel.connect_timeout) as target:
             res = run_simulations(sets, cfg.solver, target, cfg.simulate.concurrency,
-                                  cfg.channel.connect_timeout)
+                                  cfg.channel.connect_timeout,
+                                  max_restarts=cfg.simulate.max_restarts,
+                                  simulation_timeout=cfg.simulate.simulation_timeout)
         click.echo(f"{len(res.done)} simulations done, {len(res.failed)} failed in "
                    f"{res.wall_s:.1f} s", err=True)
         for sid, why in res.failed.items():
@@ -149,8 +164,10 @@ def _report(s: dict):
 @click.option("--out", "out_dir", help="Output directory (metrics.jsonl, checkpoint.pt).")
 @click.option("--producers", type=int, help="Number of `ot simulate` processes feeding the channel.")
 @click.option("--quiet", is_flag=True)
-def train(url, config_path, max_batches, buffer, out_dir, producers, quiet):
+@click.option("--resume", is_flag=True, help="Continue from the newest good checkpoint in --out.")
+def train(url, config_path, max_batches, buffer, out_dir, producers, quiet, resume):
     """Train the surrogate from frames arriving on a channel."""
+    from .runner import attach_study  # noqa: PLC0415
     from .trainer import train as train_fn  # noqa: PLC0415
     with _Guard():
         cfg = C.load(config_path, {"channel.url": url, "train.max_batches": max_batches,
@@ -158,7 +175,8 @@ def train(url, config_path, max_batches, buffer, out_dir, producers, quiet):
                                    "simulate.producers": producers})
         if cfg.validation.every == 0 and cfg.validation.first_id < 0:
             click.echo("note: no held-out simulations (set validation.every); no val MSE", err=True)
-        _report(train_fn(cfg, on_progress=None if quiet else _progress))
+        _report(train_fn(cfg, on_progress=None if quiet else _progress, resume=resume,
+                         finished=attach_study(cfg, resume)))
 
 
 @main.command()
@@ -166,12 +184,13 @@ def train(url, config_path, max_batches, buffer, out_dir, producers, quiet):
 @click.option("--max-batches", type=int)
 @click.option("--out", "out_dir")
 @click.option("--quiet", is_flag=True)
-def run(config_path, max_batches, out_dir, quiet):
+@click.option("--resume", is_flag=True, help="Continue the study in output.dir after a crash.")
+def run(config_path, max_batches, out_dir, quiet, resume):
     """Run a whole study on this machine: simulations + training, no scheduler."""
     from .runner import run_study  # noqa: PLC0415
     with _Guard():
         cfg = C.load(config_path, {"train.max_batches": max_batches, "output.dir": out_dir})
-        _report(run_study(cfg, on_progress=None if quiet else _progress))
+        _report(run_study(cfg, on_progress=None if quiet else _progress, resume=resume))
 
 
 @main.command()
@@ -186,9 +205,11 @@ def clean(prefix):
 
 from .cli_net import relay as _relay_cmd  # noqa: E402
 from .cli_slurm import slurm as _slurm  # noqa: E402
+from .cli_study import status  # noqa: E402
 
 main.add_command(_slurm)
 main.add_command(_relay_cmd)
+main.add_command(status)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

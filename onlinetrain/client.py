@@ -7,13 +7,16 @@
     # leaving the block sends the end-of-simulation frame (finalize); an exception sends a failure
 
 Environment read by `init()` when arguments are omitted: OT_CHANNEL (URL), OT_SIM_ID (int),
-OT_PARAMS (JSON list of floats), OT_CONNECT_TIMEOUT (seconds, default 30).
+OT_PARAMS (JSON list of floats), OT_CONNECT_TIMEOUT (seconds, default 30), OT_PROGRESS (a file
+the worker watches: `send` writes the number of steps sent into it, at most every 50 ms, so that
+`ot simulate` can kill a simulation that sends nothing for simulation_timeout seconds).
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
+import time
 from typing import Sequence
 
 import numpy as np
@@ -24,6 +27,7 @@ from .channel import open_producer
 log = logging.getLogger(__name__)
 ENV_CHANNEL, ENV_SIM_ID, ENV_PARAMS, ENV_TIMEOUT = "OT_CHANNEL", "OT_SIM_ID", "OT_PARAMS", \
     "OT_CONNECT_TIMEOUT"
+ENV_PROGRESS = "OT_PROGRESS"
 
 
 class ClientError(RuntimeError):
@@ -48,10 +52,26 @@ class Simulation:
         self.params = np.asarray(params, dtype=np.float64)
         self.sent = 0
         self.closed = False
+        self._pfd, self._pt = None, 0.0
+        path = os.environ.get(ENV_PROGRESS)
+        if path:
+            try:
+                self._pfd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+            except OSError as e:
+                log.warning("cannot report progress to %s (%s): the worker may time this "
+                            "simulation out", path, e)
+
+    def _progress(self, force: bool = False):
+        """Tell the watching worker how many steps were sent (20 ASCII digits at offset 0)."""
+        now = time.monotonic()
+        if self._pfd is not None and (force or now - self._pt >= 0.05):
+            os.pwrite(self._pfd, b"%20d" % self.sent, 0)
+            self._pt = now
 
     def send(self, time_step: int, array: np.ndarray, name: str = "field") -> None:
         self.producer.put(fr.Frame(self.sim_id, int(time_step), self.params, name, np.asarray(array)))
         self.sent += 1
+        self._progress()
 
     def finalize(self, error: str | None = None) -> None:
         """Tell the trainer this simulation is complete (or failed with `error`), then close."""
@@ -65,6 +85,10 @@ class Simulation:
                                        np.zeros(0, np.float32), kind), timeout=30)
         finally:
             self.producer.close()
+            if self._pfd is not None:
+                self._progress(force=True)
+                os.close(self._pfd)
+                self._pfd = None
 
     def __enter__(self):
         return self

@@ -103,8 +103,22 @@ class ChannelConfig:
 class SimulateConfig:
     concurrency: int = 2
     producers: int = 1  # trainer: how many `ot simulate` processes will send STREAM_END
+    # fault tolerance (docs/fault-tolerance.md)
+    max_restarts: int = 2  # restarts of a crashed / silent simulation before its set is failed
+    simulation_timeout: float = 300.0  # s without a frame before a simulation is killed (0: off)
+    crashes_before_redraw: int = 0  # > 0: after this many crashes a set fails, a new one is drawn
+    worker_timeout: float = 30.0  # a study worker whose heartbeat is older is presumed dead
 
     def __post_init__(self):
+        _check(isinstance(self.max_restarts, int) and self.max_restarts >= 0,
+               "simulate.max_restarts", self.max_restarts, "an integer >= 0")
+        _check(self.simulation_timeout >= 0, "simulate.simulation_timeout",
+               self.simulation_timeout, ">= 0 seconds (0 turns the timeout off)")
+        _check(isinstance(self.crashes_before_redraw, int) and self.crashes_before_redraw >= 0,
+               "simulate.crashes_before_redraw", self.crashes_before_redraw,
+               "an integer >= 0 (0: never redraw)")
+        _check(self.worker_timeout > 0, "simulate.worker_timeout", self.worker_timeout,
+               "> 0 seconds")
         _check(isinstance(self.concurrency, int) and self.concurrency >= 1,
                "simulate.concurrency", self.concurrency, "an integer >= 1")
         _check(isinstance(self.producers, int) and self.producers >= 1, "simulate.producers",
@@ -165,8 +179,14 @@ class TrainConfig:
     seed: int = 0
     threads: int = 1
     device: str = "cpu"
+    checkpoint_every: int = 0  # batches between resumable checkpoints (0: only at exit)
+    keep_checkpoints: int = 2  # resumable checkpoints kept in <output.dir>/checkpoints
 
     def __post_init__(self):
+        _check(isinstance(self.checkpoint_every, int) and self.checkpoint_every >= 0,
+               "train.checkpoint_every", self.checkpoint_every, "an integer >= 0")
+        _check(isinstance(self.keep_checkpoints, int) and self.keep_checkpoints >= 1,
+               "train.keep_checkpoints", self.keep_checkpoints, "an integer >= 1")
         _check(self.batch_size >= 1, "train.batch_size", self.batch_size, ">= 1")
         _check(self.lr > 0, "train.lr", self.lr, "> 0")
         _check(0 < self.lr_gamma <= 1, "train.lr_gamma", self.lr_gamma, "in (0, 1]")
@@ -181,12 +201,14 @@ class TrainConfig:
 class ValidationConfig:
     every: int = 0  # pipe mode: sim ids with id % every == every - 1 are held out (0: none)
     first_id: int = -1  # ot run: ids >= first_id are the held-out set (set by the runner)
+    end_id: int = -1  # ot run: ... and < end_id (-1: no end); redrawn sets come after it
 
     def __post_init__(self):
         _check(self.every >= 0, "validation.every", self.every, ">= 0")
 
     def is_validation(self, sim_id: int) -> bool:
-        if self.first_id >= 0 and sim_id >= self.first_id:
+        if self.first_id >= 0 and sim_id >= self.first_id and (self.end_id < 0
+                                                                or sim_id < self.end_id):
             return True
         return self.every > 0 and sim_id % self.every == self.every - 1
 

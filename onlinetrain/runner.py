@@ -7,17 +7,23 @@ error, Ctrl-C, SIGTERM) every child is terminated and the ring unlinked before i
     summary = run_study(load("examples/heat2d-tiny.toml"), on_progress=print)
 
 Study directory (`output.dir`): config.json (resolved config), params.jsonl (the parameter sets,
-training then validation), metrics.jsonl, checkpoint.pt, summary.json.
+validation then training), ledger.jsonl (+ .lock: each set's state, see ledger.py), workers/ (worker
+heartbeats), checkpoints/ (resumable), metrics.jsonl, checkpoint.pt, summary.json. More workers can
+join at any time with `ot simulate --study DIR`; `run_study(cfg, resume=True)` (`ot run --resume`)
+continues a study whose trainer died, from its newest good checkpoint (docs/fault-tolerance.md).
 """
 from __future__ import annotations
 
 import json
 import logging
+import shutil
 import threading
 import time
 from pathlib import Path
 
-from . import sampler
+from . import checkpoint, sampler
+from .ledger import Ledger, LedgerError
+from .study import LedgerSource, StudyDone, prepare_resume, trainer_lock
 from .channel import open_consumer, parse_url
 from .shm_channel import clean_stale
 from .simulate import run_simulations
@@ -35,27 +41,79 @@ def study_sets(cfg) -> list[dict]:
     return va + tr
 
 
-def run_study(cfg, on_progress=None) -> dict:
+def redraw_for(cfg):
+    """crashes_before_redraw: new parameters for a replacement set, reproducible from its id."""
+    def draw(new_id: int) -> list[float]:
+        return sampler.sample(1, cfg.sampling.seed + 104729 + new_id, "uniform",
+                              cfg.sampling.bounds, start_id=new_id)[0]["params"]
+    return draw
+
+
+def attach_study(cfg, resume: bool):
+    """The trainer's end condition when output.dir is a study (ledger.jsonl), else None; on
+    resume, first re-queue what the dead trainer lost and what dead workers held."""
+    out = Path(cfg.output.dir)
+    if not (out / "ledger.jsonl").exists():
+        if resume and not checkpoint.list_checkpoints(out):
+            raise LedgerError(f"nothing to resume in {out}: no ledger.jsonl and no checkpoints/; "
+                              f"run without --resume", str(out))
+        return None
+    led = Ledger(out)
+    if resume:
+        prepare_resume(led, checkpoint.fully_received(checkpoint.load_latest(out)),
+                       cfg.simulate.worker_timeout)
+    return StudyDone(led)
+
+
+def new_study(cfg, out: Path) -> list[dict]:
+    """Fresh study files in `out` (an older study there is replaced)."""
+    sets = study_sets(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    for old in ("checkpoints", "workers"):
+        shutil.rmtree(out / old, ignore_errors=True)
+    (out / "params.jsonl").write_text(sampler.to_jsonl(sets))
+    (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    Ledger.create(out, sets)
+    return sets
+
+
+def run_study(cfg, on_progress=None, resume: bool = False) -> dict:
     t0 = time.monotonic()
     out = Path(cfg.output.dir)
     out.mkdir(parents=True, exist_ok=True)
     cfg.validation.first_id = cfg.sampling.n_train  # held out: the ids after training ids
+    cfg.validation.end_id = cfg.sampling.n_train + cfg.sampling.n_validation
     cfg.validation.every = 0
-    sets = study_sets(cfg)
-    (out / "params.jsonl").write_text(sampler.to_jsonl(sets))
-    (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    if resume and not (out / "ledger.jsonl").exists():
+        raise LedgerError(f"nothing to resume in {out} (no ledger.jsonl): run without --resume",
+                          str(out / "ledger.jsonl"))
+    with trainer_lock(out):
+        return _run_locked(cfg, out, t0, on_progress, resume)
+
+
+def _run_locked(cfg, out: Path, t0: float, on_progress, resume: bool) -> dict:
     url = cfg.channel_url
     u = parse_url(url)
     if u.scheme == "shm":
         clean_stale(u.name)
     consumer = open_consumer(url, capacity=cfg.channel.ring_mb << 20)
+    try:
+        if not resume:
+            new_study(cfg, out)
+        finished = attach_study(cfg, resume)
+    except BaseException:
+        consumer.close()
+        raise
     stop = threading.Event()
     sim_box: dict = {}
 
     def simulate():
         try:
-            sim_box["result"] = run_simulations(sets, cfg.solver, url, cfg.simulate.concurrency,
-                                                cfg.channel.connect_timeout, stop_event=stop)
+            source = LedgerSource(Ledger(out), cfg.simulate, redraw=redraw_for(cfg))
+            sim_box["result"] = run_simulations(
+                None, cfg.solver, url, cfg.simulate.concurrency, cfg.channel.connect_timeout,
+                stop_event=stop, send_stream_end=False,
+                simulation_timeout=cfg.simulate.simulation_timeout, source=source)
         except KeyboardInterrupt:
             pass
         except BaseException as e:
@@ -67,8 +125,8 @@ def run_study(cfg, on_progress=None) -> dict:
     th.start()
     try:
         try:
-            summary = train(cfg, consumer=consumer, expected_sims=len(sets),
-                            on_progress=on_progress, stop_event=stop)
+            summary = train(cfg, consumer=consumer, on_progress=on_progress, stop_event=stop,
+                            resume=resume, finished=finished)
         except KeyboardInterrupt:
             if "error" in sim_box:  # the scheduler stopped the run: report why
                 raise sim_box["error"] from None
@@ -80,6 +138,8 @@ def run_study(cfg, on_progress=None) -> dict:
     res = sim_box.get("result")
     if res is not None:
         summary["sims_failed_reasons"] = {str(k): v for k, v in res.failed.items()}
+        summary["restarts"] = res.restarts
+    summary["ledger"] = Ledger(out).counts()
     summary["study_wall_s"] = round(time.monotonic() - t0, 3)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
+from . import checkpoint
 from . import frame as fr
 from .channel import open_consumer
 from .reservoir import make_buffer
@@ -41,10 +41,13 @@ class TrainError(RuntimeError):
 class Receiver(threading.Thread):
     """Moves frames from the channel to the buffer / validation set; accounts for everything."""
 
-    def __init__(self, consumer, buffer, cfg, adapter, expected_sims: int | None = None):
+    def __init__(self, consumer, buffer, cfg, adapter, expected_sims: int | None = None,
+                 finished=None):
         super().__init__(name="ot-receiver", daemon=True)
         self.consumer, self.buffer, self.cfg, self.adapter = consumer, buffer, cfg, adapter
         self.expected_sims = expected_sims
+        self.finished = finished  # study mode: fn(receiver) -> True once the ledger says all ended
+        self.lock = threading.Lock()  # held while a frame is accounted for (checkpoint.capture)
         self.stop_event = threading.Event()
         self.seen: set[tuple[int, int]] = set()
         self.val: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
@@ -61,7 +64,9 @@ class Receiver(threading.Thread):
     def stream_ended(self) -> bool:
         if self.stream_ends >= self.cfg.simulate.producers:
             return True
-        ended = len(self.sims_done) + len(self.sims_failed)
+        if self.finished is not None:
+            return self.finished(self)
+        ended = len(self.sims_done | set(self.sims_failed))
         return self.expected_sims is not None and ended >= self.expected_sims
 
     def run(self):
@@ -82,7 +87,8 @@ class Receiver(threading.Thread):
                     continue
                 self.last_frame = time.monotonic()
                 for f in frames:
-                    self.handle(f)
+                    with self.lock:
+                        self.handle(f)
         except BaseException as e:  # surfaced by the training loop
             self.error = e
         finally:
@@ -95,6 +101,7 @@ class Receiver(threading.Thread):
             return
         if f.kind == fr.SIM_END:
             self.sims_done.add(f.sim_id)
+            self.sims_failed.pop(f.sim_id, None)  # it failed, was restarted and finished
             return
         if f.kind == fr.SIM_FAILED:
             self.sims_failed[f.sim_id] = f.name
@@ -111,9 +118,9 @@ class Receiver(threading.Thread):
             self.rejected += 1
             log.warning("adapter rejected frame (sim %d, step %d): %s", f.sim_id, f.time_step, e)
             return
-        self.seen.add(f.key)
-        self.samples += 1
         if self.cfg.validation.is_validation(f.sim_id):
+            self.seen.add(f.key)
+            self.samples += 1
             self.val[f.key] = (x, y)
             return
         if self.y_sum is None:
@@ -123,18 +130,19 @@ class Receiver(threading.Thread):
             log.warning("frame (sim %d, step %d) has %d target values, earlier frames had %d",
                         f.sim_id, f.time_step, y.size, self.y_sum.size)
             return
-        self.y_sum += y
-        self.y_count += 1
-        while not self.buffer.put(x, y, f.key, timeout=0.2):
+        while not self.buffer.put(x, y, f.key, timeout=0.05):
             if self.stop_event.is_set():
                 return
-
-
-def _atomic_torch_save(obj, path: Path):
-    import torch  # noqa: PLC0415
-    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+            self.lock.release()  # buffer full: let a checkpoint in while we wait
+            try:
+                time.sleep(0.01)
+            finally:
+                self.lock.acquire()
+        # accounted for once in the buffer: a checkpoint taken while we waited stays consistent
+        self.seen.add(f.key)
+        self.samples += 1
+        self.y_sum += y
+        self.y_count += 1
 
 
 def _validate(model, val, device) -> float | None:
@@ -153,9 +161,12 @@ def _validate(model, val, device) -> float | None:
 
 
 def train(cfg, consumer=None, expected_sims: int | None = None, on_progress=None,
-          stop_event: threading.Event | None = None) -> dict:
+          stop_event: threading.Event | None = None, resume: bool = False,
+          finished=None) -> dict:
     """Train from `consumer` (default: create cfg's channel) until the stream ends and the buffer
-    is exhausted, or `train.max_batches`. Returns the summary dict (also written to summary.json)."""
+    is exhausted, or `train.max_batches`. Returns the summary dict (also written to summary.json).
+    `resume`: continue from the newest good checkpoint in output.dir (docs/fault-tolerance.md);
+    `finished`: the study's end condition, fn(receiver) -> bool (ledger.StudyDone)."""
     import torch  # noqa: PLC0415
 
     from . import ddp  # noqa: PLC0415
@@ -175,12 +186,34 @@ def train(cfg, consumer=None, expected_sims: int | None = None, on_progress=None
     if own:
         consumer = open_consumer(cfg.channel_url, capacity=cfg.channel.ring_mb << 20,
                                  study_dir=cfg.output.dir)  # tcp: secret.token lives there
-    rx = Receiver(consumer, buf, cfg, adapter, expected_sims)
-    rx.start()
+    rx = Receiver(consumer, buf, cfg, adapter, expected_sims, finished)
     device = torch.device(cfg.train.device)
     model = opt = sched = None
     batches, loss_acc, loss_n = 0, 0.0, 0
-    metrics = open(out / "metrics.jsonl", "w")
+
+    def make(in_dim, out_dim):
+        m = builder(in_dim, out_dim, cfg).to(device)
+        o = torch.optim.Adam(m.parameters(), lr=cfg.train.lr)
+        return m, o, torch.optim.lr_scheduler.MultiStepLR(o, cfg.train.lr_milestones,
+                                                           cfg.train.lr_gamma)
+
+    # --- resume (checkpoint.py): accounting, buffer, model, optimizer, RNG, batch count ---
+    ck = checkpoint.load_latest(out) if resume else None
+    if ck is not None:
+        checkpoint.restore_stream(ck, rx, buf)
+        model, opt, sched = make(*ck["dims"])
+        batches = checkpoint.restore_training(ck, model, opt, sched)
+        checkpoint.trim_metrics(out / "metrics.jsonl", batches)
+        log.warning("resumed from %s at batch %d (%d samples, %d simulations fully received)",
+                    ck["path"], batches, rx.samples, len(rx.sims_done))
+    rx.start()
+    metrics = open(out / "metrics.jsonl", "a" if ck is not None else "w")
+
+    def save_checkpoint(final=False, summary=None):
+        state = checkpoint.capture(model, opt, sched, batches, rx, buf, cfg)
+        if summary is not None:
+            state["summary"] = summary
+        checkpoint.save(out, state, cfg.train.keep_checkpoints, final=final)
     val_mse = None
     try:
         while batches < cfg.train.max_batches:
@@ -194,10 +227,7 @@ def train(cfg, consumer=None, expected_sims: int | None = None, on_progress=None
                     break
                 continue
             if model is None:
-                model = builder(b.x.shape[1], b.y.shape[1], cfg).to(device)
-                opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
-                sched = torch.optim.lr_scheduler.MultiStepLR(opt, cfg.train.lr_milestones,
-                                                             cfg.train.lr_gamma)
+                model, opt, sched = make(b.x.shape[1], b.y.shape[1])
             x, y = torch.from_numpy(b.x).to(device), torch.from_numpy(b.y).to(device)
             loss = torch.nn.functional.mse_loss(model(x), y)
             opt.zero_grad(set_to_none=True)
@@ -207,12 +237,14 @@ def train(cfg, consumer=None, expected_sims: int | None = None, on_progress=None
             batches += 1
             loss_acc += loss.item()
             loss_n += 1
+            if cfg.train.checkpoint_every and batches % cfg.train.checkpoint_every == 0:
+                save_checkpoint()
             if batches % cfg.train.val_every == 0:
                 val_mse = _validate(model, rx.val, device)
                 m = {"batch": batches, "time": round(time.monotonic() - t0, 3),
                      "lr": sched.get_last_lr()[0], "train_loss": loss_acc / loss_n,
                      "val_mse": val_mse, "samples": rx.samples, "buffer": len(buf),
-                     "sims_done": len(rx.sims_done)}
+                     "sims_done": len(rx.sims_done), "duplicates": rx.duplicates}
                 loss_acc, loss_n = 0.0, 0
                 metrics.write(json.dumps(m) + "\n")
                 metrics.flush()
@@ -236,13 +268,17 @@ def train(cfg, consumer=None, expected_sims: int | None = None, on_progress=None
                    "sims_done": len(rx.sims_done), "sims_failed": len(rx.sims_failed),
                    "buffer": buf.stats(), "wall_s": round(time.monotonic() - t0, 3),
                    "abandoned_slots": getattr(consumer, "abandoned", 0)}
-        _atomic_torch_save({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                            "batches": batches, "dims": model_dims(model), "config": cfg.to_dict(),
-                            "summary": summary}, out / "checkpoint.pt")
+        save_checkpoint(final=True, summary=summary)  # also <out>/checkpoint.pt
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         if cfg.buffer.record_arrivals:
             np.save(out / "arrivals.npy", buf.arrivals())
         return summary
+    except KeyboardInterrupt:
+        if model is not None:  # exit checkpoint: `--resume` continues from here
+            rx.stop_event.set()
+            rx.join(timeout=5)
+            save_checkpoint()
+        raise
     finally:
         rx.stop_event.set()
         metrics.close()
