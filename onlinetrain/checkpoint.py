@@ -89,6 +89,12 @@ def _atomic_write(path: Path, write):
     os.replace(tmp, path)
 
 
+def write_torch(path, obj) -> None:
+    """torch.save `obj` to `path` atomically (temporary file, fsync, rename)."""
+    import torch  # noqa: PLC0415
+    _atomic_write(Path(path), lambda fh: torch.save(obj, fh))
+
+
 def save(out_dir, state: dict, keep: int = 2, final: bool = False) -> Path:
     """Write `state` as checkpoints/ckpt-<batches>.pt (+ .sha256), keep the newest `keep`.
     `final` also writes <out_dir>/checkpoint.pt (the trained model, as before)."""

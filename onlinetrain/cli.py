@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 
@@ -35,18 +36,31 @@ def _errors():
 
 
 class _Guard:
-    """Library errors -> ClickException; SIGTERM behaves like Ctrl-C (cleanup runs either way)."""
+    """Library errors -> ClickException; SIGTERM behaves like Ctrl-C (cleanup runs either way).
+
+    After a real SIGINT/SIGTERM, once the library's cleanup has run, the process ends with
+    os._exit(130): CPython may otherwise still report the caught interrupt as death by SIGINT."""
 
     def __enter__(self):
-        def on_term(signum, frame):
+        self.signalled = False
+
+        def on_signal(signum, frame):
+            if self.signalled:
+                return  # one interrupt is enough: let the cleanup finish
+            self.signalled = True
             raise KeyboardInterrupt
-        self.old = signal.signal(signal.SIGTERM, on_term)
+        self.old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         return self
 
     def __exit__(self, etype, exc, tb):
-        signal.signal(signal.SIGTERM, self.old)
+        for s, h in self.old.items():
+            signal.signal(s, h)
         if etype is KeyboardInterrupt:
             click.echo("interrupted; children stopped and shared memory removed", err=True)
+            if self.signalled:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(130)
             sys.exit(130)
         if etype is not None and issubclass(etype, _errors()):
             raise click.ClickException(str(exc)) from exc

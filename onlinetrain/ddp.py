@@ -182,7 +182,8 @@ def train(cfg, consumer=None, expected_sims: int | None = None, on_progress=None
     from .channel import open_consumer  # noqa: PLC0415
     from .reservoir import make_buffer  # noqa: PLC0415
     from .surrogate import import_function  # noqa: PLC0415
-    from .trainer import Receiver, TrainError, _atomic_torch_save, model_dims  # noqa: PLC0415
+    from .checkpoint import write_torch  # noqa: PLC0415
+    from .trainer import Receiver, TrainError, model_dims  # noqa: PLC0415
 
     t0 = time.monotonic()
     torch.manual_seed(cfg.train.seed)
@@ -304,10 +305,10 @@ def train(cfg, consumer=None, expected_sims: int | None = None, on_progress=None
                    "wall_s": round(time.monotonic() - t0, 3), "abandoned_slots": int(tot[6]),
                    "ranks": env.world, "rank_samples": rx.samples}
         if writer:
-            _atomic_torch_save({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                                "batches": batches, "dims": model_dims(model),
-                                "config": cfg.to_dict(), "summary": summary,
-                                "ranks": env.world}, out / "checkpoint.pt")
+            write_torch(out / "checkpoint.pt", {
+                "model": model.state_dict(), "optimizer": opt.state_dict(), "batches": batches,
+                "dims": model_dims(model), "config": cfg.to_dict(), "summary": summary,
+                "ranks": env.world})
             (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return summary
     finally:

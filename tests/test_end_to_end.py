@@ -23,16 +23,21 @@ ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 
 @pytest.mark.timeout(120)
 def test_tiny_ot_run_trains_and_cleans_up(tiny_config, ring_name):
+    # train until every simulation has been received, then 100 more batches (no race with a
+    # fast trainer reaching max_batches first)
+    tiny_config.buffer.post_stream_batches = 100
+    tiny_config.train.max_batches = 100_000
     s = run_study(tiny_config)
     assert s["sims_done"] == 15 and s["sims_failed"] == 0
     assert s["samples_received"] == 15 * 20 and s["duplicates_dropped"] == 0
     assert s["validation_samples"] == 3 * 20
     assert s["val_mse"] < 0.5 * s["mean_field_mse"]
+    assert s["buffer"]["batches"] == s["batches"] >= 100
     out = tiny_config.output.dir
     ck = torch.load(os.path.join(out, "checkpoint.pt"), weights_only=True)
-    assert ck["batches"] == 400 and ck["config"]["solver"]["n"] == 12
+    assert ck["batches"] == s["batches"] and ck["config"]["solver"]["n"] == 12
     lines = [json.loads(x) for x in open(os.path.join(out, "metrics.jsonl"))]
-    assert [m["batch"] for m in lines] == [100, 200, 300, 400]
+    assert [m["batch"] for m in lines] == list(range(100, s["batches"] + 1, 100))
     assert not os.path.exists(segment_path(ring_name))
 
 
