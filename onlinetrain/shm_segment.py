@@ -1,0 +1,232 @@
+"""The named POSIX shared-memory segment under a ring: create, open, liveness, stale cleanup.
+
+    seg = create_segment("demo", capacity=64 << 20)   # /dev/shm/ot_demo, mode 0600, owner = this pid
+    seg = open_segment("demo")                          # attach (raises FileNotFoundError if absent)
+    seg.owner_alive(); seg.close()
+    clean_stale()                                       # unlink rings whose creator is dead
+
+Segments are plain files in /dev/shm opened with os.open + mmap, so Python's resource tracker never
+sees them (it would unlink an attacher's segment at exit). Only the creator unlinks. The control block
+is 4 KiB of little-endian uint64 words (see docs/wire-format.md); `ctl` and `q` are memoryviews cast
+to 'Q' over the control block and the data region.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import mmap
+import os
+import struct
+import time
+
+import psutil
+
+log = logging.getLogger(__name__)
+
+SHM_DIR = "/dev/shm"
+PREFIX = "ot_"
+RING_MAGIC = int.from_bytes(b"OTRING01", "little")
+CTL_SIZE = 4096
+ALIGN = 64
+# control block, as uint64 word indices
+C_MAGIC, C_CAP, C_OWNER, C_OWNER_T, C_CLOSED = 0, 1, 2, 3, 4
+C_WRITE, C_SEQ = 8, 9  # own cache line: producers
+C_READ = 16  # own cache line: consumer
+C_ABANDONED, C_REJECTED = 24, 25
+
+
+class ChannelError(RuntimeError):
+    """Base of channel errors; `name` is the channel."""
+
+    def __init__(self, message: str, name: str | None = None):
+        super().__init__(message)
+        self.name = name
+
+
+class Empty(ChannelError):
+    pass
+
+
+class Full(ChannelError):
+    pass
+
+
+class ChannelNotFound(ChannelError):
+    pass
+
+
+class ChannelInUse(ChannelError):
+    pass
+
+
+class ConsumerGone(ChannelError):
+    pass
+
+
+def segment_path(name: str) -> str:
+    if not name or "/" in name or "\0" in name or len(name) > 200:
+        raise ChannelError(f"bad channel name {name!r}: use letters, digits, '-', '_' or '.'", name)
+    return os.path.join(SHM_DIR, PREFIX + name)
+
+
+def align(n: int) -> int:
+    return (n + ALIGN - 1) // ALIGN * ALIGN
+
+
+def f2u(x: float) -> int:
+    return struct.unpack("<Q", struct.pack("<d", x))[0]
+
+
+def u2f(x: int) -> float:
+    return struct.unpack("<d", struct.pack("<Q", x))[0]
+
+
+def proc_start(pid: int) -> float:
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return -1.0
+
+
+def alive(pid: int, start: float) -> bool:
+    """True if process `pid` exists and (when `start` is known) started at `start` (no pid reuse)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    except OverflowError:
+        return False
+    if start > 0:
+        s = proc_start(pid)
+        if s < 0:
+            return psutil.pid_exists(pid)
+        return abs(s - start) < 0.5
+    return True
+
+
+class Segment:
+    def __init__(self, name: str, fd: int, mm: mmap.mmap):
+        self.name, self.fd, self.mm = name, fd, mm
+        self.ctl = memoryview(mm)[:CTL_SIZE].cast("Q")
+        self.capacity = self.ctl[C_CAP]
+        self.data = memoryview(mm)[CTL_SIZE:CTL_SIZE + self.capacity]
+        self.q = self.data.cast("Q")
+        self.owner = self.ctl[C_OWNER]
+        self.owner_time = u2f(self.ctl[C_OWNER_T])
+
+    def owner_alive(self) -> bool:
+        return alive(self.owner, self.owner_time)
+
+    def close(self):
+        try:
+            for v in (self.q, self.data, self.ctl):
+                v.release()
+            self.mm.close()
+        except BufferError:  # the mapping stays until those views are garbage
+            log.warning("ring %s: zero-copy views still alive at close; mapping kept", self.name)
+        os.close(self.fd)
+
+
+def open_segment(name: str) -> Segment:
+    path = segment_path(name)
+    fd = os.open(path, os.O_RDWR)
+    try:
+        size = os.fstat(fd).st_size
+        if size < CTL_SIZE:
+            raise ChannelError(f"segment {path} is {size} bytes: not an onlinetrain ring", name)
+        mm = mmap.mmap(fd, size)
+    except BaseException:
+        os.close(fd)
+        raise
+    magic, cap = struct.unpack_from("<QQ", mm, 0)
+    if magic != RING_MAGIC or cap % ALIGN or CTL_SIZE + cap > size:
+        mm.close()
+        os.close(fd)
+        raise ChannelError(f"segment {path} is not an onlinetrain ring (bad magic or size)", name)
+    return Segment(name, fd, mm)
+
+
+def create_segment(name: str, capacity: int) -> Segment:
+    """Create ring segment `name`; a stale one of a dead creator is removed, a live one is an error."""
+    path = segment_path(name)
+    capacity = align(int(capacity))
+    if capacity < 4 * ALIGN:
+        raise ChannelError(f"ring capacity {capacity} is too small: use at least {4 * ALIGN} bytes",
+                           name)
+    for _ in range(3):
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+            break
+        except FileExistsError:
+            owner = segment_owner(name)
+            if owner is not None and owner[1]:
+                raise ChannelInUse(f"channel shm://{name} is in use by live pid {owner[0]}; "
+                                   f"pick another name or stop that process", name) from None
+            log.warning("removing stale ring %s (owner %s is dead)", path,
+                        owner[0] if owner else "unknown")
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+    else:
+        raise ChannelInUse(f"could not create {path}: another process keeps creating it", name)
+    try:
+        os.ftruncate(fd, CTL_SIZE + capacity)
+        mm = mmap.mmap(fd, CTL_SIZE + capacity)
+    except OSError as e:
+        os.close(fd)
+        os.unlink(path)
+        if e.errno in (errno.ENOMEM, errno.ENOSPC):
+            raise ChannelError(f"no room for a {capacity}-byte ring in {SHM_DIR}: {e}; free space "
+                               f"there or ask for a smaller ring", name) from e
+        raise
+    struct.pack_into("<QQQQ", mm, 8, capacity, os.getpid(), f2u(proc_start(os.getpid())), 0)
+    struct.pack_into("<Q", mm, 0, RING_MAGIC)  # last: attachers check it
+    return Segment(name, fd, mm)
+
+
+def segment_owner(name: str) -> tuple[int, bool] | None:
+    """(owner pid, owner alive) of an existing segment, or None if there is none or it is not ours.
+
+    A segment whose creator died before writing the magic (empty, or all-zero first word) reports
+    owner 0, dead, once it is older than a few seconds; anything else that is not a ring is left alone.
+    """
+    try:
+        seg = open_segment(name)
+    except FileNotFoundError:
+        return None
+    except (OSError, ChannelError):
+        try:
+            path = segment_path(name)
+            age = time.time() - os.stat(path).st_mtime
+            with open(path, "rb") as fh:
+                head = fh.read(8)
+        except OSError:
+            return None
+        return (0, False) if age > 5 and head.strip(b"\0") == b"" else None
+    try:
+        return seg.owner, seg.owner_alive()
+    finally:
+        seg.close()
+
+
+def clean_stale(prefix: str = "") -> list[str]:
+    """Unlink rings of `PREFIX + prefix*` whose creator is dead; returns the names removed."""
+    removed = []
+    for entry in sorted(os.listdir(SHM_DIR)):
+        if not entry.startswith(PREFIX + prefix):
+            continue
+        name = entry[len(PREFIX):]
+        owner = segment_owner(name)
+        if owner is not None and not owner[1]:
+            try:
+                os.unlink(os.path.join(SHM_DIR, entry))
+                removed.append(name)
+                log.warning("removed stale ring %s of dead pid %d", name, owner[0])
+            except FileNotFoundError:
+                pass
+    return removed
