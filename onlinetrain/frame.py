@@ -31,6 +31,7 @@ MAX_NAME = 255
 MAX_DIM = 1 << 48  # one extent; larger ones are rejected before numpy sees them
 _IDS = struct.Struct("<qq")  # sim_id, time_step at byte 16
 _IDS_AT = 16
+_F8 = np.dtype("<f8")
 
 # Frame kinds
 DATA = 0  # one time step of one simulation
@@ -209,11 +210,13 @@ class Encoder:
         self._max = max_entries
 
     def prepare(self, f: Frame) -> tuple[bytes, np.ndarray]:
-        arr = _le_contiguous(f.array)
+        arr = f.array
+        if type(arr) is not np.ndarray or not arr.flags.c_contiguous or arr.dtype.byteorder == ">":
+            arr = _le_contiguous(arr)
         p = f.params
-        pkey = p.tobytes() if isinstance(p, np.ndarray) and p.dtype == np.float64 else \
+        pkey = p.tobytes() if type(p) is np.ndarray and p.dtype == _F8 else \
             np.ascontiguousarray(p, dtype="<f8").tobytes()
-        key = (f.kind, arr.dtype, arr.shape, pkey, f.name)
+        key = (arr.shape, arr.dtype.num, f.name, f.kind, pkey)
         hdr = self._cache.get(key)
         if hdr is None:
             hdr = encode_header(Frame(0, 0, f.params, f.name, arr, f.kind), arr.nbytes)

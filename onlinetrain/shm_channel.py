@@ -48,7 +48,8 @@ __all__ = ["RingProducer", "RingConsumer", "RingFrame", "ChannelError", "Channel
 log = logging.getLogger(__name__)
 
 SLOT_HDR = 64
-_SLOT = struct.Struct("<6Q")  # state, length, pid, seq, producer id, producer start time
+_SLOT = struct.Struct("<6Q")
+_IDS = struct.Struct("<qq")  # sim_id, time_step at byte 16 of a frame  # state, length, pid, seq, producer id, producer start time
 S_STATE, S_LEN, S_PID, S_SEQ, S_PROD, S_PTIME = 0, 1, 2, 3, 4, 5
 WRITING, COMMITTED, PAD = 1, 2, 3
 STALL_CHECK_S = 0.05  # a WRITING slot older than this gets its producer's liveness checked
@@ -109,15 +110,9 @@ class RingProducer:
     def _reserve(self, sizes, timeout: float | None) -> list[int]:
         """Reserve slots for as many of `sizes` as fit now (at least one, waiting up to `timeout`)."""
         seg = self.seg
-        cap, ctl, q, fd = seg.capacity, seg.ctl, seg.q, seg.fd
-        big = SLOT_HDR + ((max(sizes) + 63) & ~63)
-        if big > cap:
-            raise Full(f"frame of {max(sizes)} bytes does not fit ring shm://{self.name} of {cap} "
-                       f"bytes; create the ring larger (ring_mb)", self.name)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        backoff = _Backoff()
+        cap, ctl, q, fd, data = seg.capacity, seg.ctl, seg.q, seg.fd, seg.data
         pack, pid, prod, ptime = _SLOT.pack_into, self.pid, self.producer_id, self.ptime
-        data = seg.data
+        deadline = backoff = None
         while True:
             with self._tlock:
                 fcntl.flock(fd, fcntl.LOCK_EX)
@@ -146,6 +141,13 @@ class RingProducer:
                         return offs
                 finally:
                     fcntl.flock(fd, fcntl.LOCK_UN)
+            if backoff is None:  # the ring is full: wait for room (backpressure)
+                big = SLOT_HDR + ((max(sizes) + 63) & ~63)
+                if big > cap:
+                    raise Full(f"frame of {max(sizes)} bytes does not fit ring shm://{self.name} of "
+                               f"{cap} bytes; create the ring larger (ring_mb)", self.name)
+                backoff = _Backoff()
+                deadline = None if timeout is None else time.monotonic() + timeout
             now = time.monotonic()
             if now >= self._next_check:
                 self._next_check = now + CONSUMER_CHECK_S / 2
@@ -169,16 +171,20 @@ class RingProducer:
             self._check_consumer()
 
     def _write(self, off: int, hdr: bytes, f: fr.Frame, arr: np.ndarray):
-        data = self.seg.data
+        data, q = self.seg.data, self.seg.q
         start = off + SLOT_HDR
         end = start + len(hdr)
-        data[start:end] = hdr
-        fr.Encoder.fill_ids(data, start, f)
-        if arr.nbytes:
-            data[end:end + arr.nbytes] = memoryview(arr).cast("B")
-        if self.test_hook_after_reserve is not None:
-            self.test_hook_after_reserve()
-        self.seg.q[off >> 3] = COMMITTED
+        try:
+            data[start:end] = hdr
+            _IDS.pack_into(data, start + 16, f.sim_id, f.time_step)
+            if arr.nbytes:
+                data[end:end + arr.nbytes] = memoryview(arr).cast("B")
+            if self.test_hook_after_reserve is not None:
+                self.test_hook_after_reserve()
+        except BaseException:  # never leave a live WRITING slot behind: the consumer skips a PAD
+            q[off >> 3] = PAD
+            raise
+        q[off >> 3] = COMMITTED
 
     def put(self, f: fr.Frame, timeout: float | None = None) -> None:
         """Write one frame; blocks while the ring is full (up to `timeout`, then raises Full)."""
