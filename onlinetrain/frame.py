@@ -241,15 +241,14 @@ class Decoder:
         self._cache: dict = {}
         self._max = max_entries
 
-    def decode_at(self, buf: memoryview, offset: int, length: int, copy: bool = True,
-                  cls=Frame) -> Frame:
-        """Decode the `length`-byte frame at `offset` of the 'B' memoryview `buf`."""
+    def decode_at(self, buf, offset: int, length: int, copy: bool = True, cls=Frame) -> Frame:
+        """Decode the `length`-byte frame at `offset` of `buf` (an mmap, bytes or 'B' memoryview)."""
         if length < FIXED_SIZE or offset + length > len(buf):
             return decode(buf[offset:offset + length], copy)  # raises the clear error
         hlen = buf[offset + 6] | buf[offset + 7] << 8
         if hlen < FIXED_SIZE or hlen > length:
             return decode(buf[offset:offset + length], copy)
-        key = bytes(buf[offset:offset + _IDS_AT]) + bytes(buf[offset + 32:offset + hlen])
+        key = bytes(buf[offset:offset + _IDS_AT]) + bytes(buf[offset + 32:offset + hlen])  # ids excluded
         ent = self._cache.get(key)
         if ent is None:
             g = decode(buf[offset:offset + length], copy=False)
@@ -263,9 +262,11 @@ class Decoder:
         if hlen + payload != length:
             return decode(buf[offset:offset + length], copy)
         sim_id, time_step = _IDS.unpack_from(buf, offset + _IDS_AT)
-        arr = np.frombuffer(buf, dtype, count, offset + hlen)
+        start = offset + hlen
+        if copy:  # one copy into a fresh writable buffer
+            arr = np.frombuffer(bytearray(buf[start:start + payload]), dtype, count)
+        else:
+            arr = np.frombuffer(buf, dtype, count, start)
         if len(shape) != 1:
             arr = arr.reshape(shape)
-        if copy:
-            arr = arr.copy()
         return cls(sim_id, time_step, params, name, arr, kind)

@@ -37,7 +37,7 @@ import time
 import numpy as np
 
 from . import frame as fr
-from .shm_segment import (C_ABANDONED, C_CLOSED, C_READ, C_REJECTED, C_SEQ, C_WRITE, ChannelError,
+from .shm_segment import (CTL_SIZE, C_ABANDONED, C_CLOSED, C_READ, C_REJECTED, C_SEQ, C_WRITE, ChannelError,
                           ChannelInUse, ChannelNotFound, ConsumerGone, Empty, Full, alive,
                           clean_stale, create_segment, f2u, open_segment, proc_start, segment_owner,
                           segment_path, u2f)
@@ -52,6 +52,7 @@ _SLOT = struct.Struct("<6Q")
 _IDS = struct.Struct("<qq")  # sim_id, time_step at byte 16 of a frame  # state, length, pid, seq, producer id, producer start time
 S_STATE, S_LEN, S_PID, S_SEQ, S_PROD, S_PTIME = 0, 1, 2, 3, 4, 5
 WRITING, COMMITTED, PAD = 1, 2, 3
+_BASE = CTL_SIZE + SLOT_HDR  # mmap offset of the frame in the slot at data offset 0
 STALL_CHECK_S = 0.05  # a WRITING slot older than this gets its producer's liveness checked
 CONSUMER_CHECK_S = 0.5  # producers check the consumer's liveness this often, full ring or not
 _thread_locks: dict[str, threading.Lock] = collections.defaultdict(threading.Lock)
@@ -287,7 +288,7 @@ class RingConsumer:
     def _scan(self, max_frames: int, copy: bool) -> list:
         """Up to `max_frames` frames available now; raises FrameError for a malformed first slot."""
         seg = self.seg
-        cap, q, data, ctl = seg.capacity, seg.q, seg.data, seg.ctl
+        cap, q, mm, ctl = seg.capacity, seg.q, seg.mm, seg.ctl
         dec, pend = self._dec.decode_at, self._pending
         out = []
         pos, w = self._pos, ctl[C_WRITE]
@@ -302,9 +303,9 @@ class RingConsumer:
             if state == COMMITTED:
                 try:
                     if copy:
-                        f = dec(data, off + SLOT_HDR, length, True)
+                        f = dec(mm, off + _BASE, length, True)
                     else:
-                        f = dec(data, off + SLOT_HDR, length, False, RingFrame)
+                        f = dec(mm, off + _BASE, length, False, RingFrame)
                 except fr.FrameError:
                     if out:  # hand out the good ones; the bad one raises on the next call
                         break
