@@ -263,10 +263,9 @@ class Decoder:
             return decode(buf[offset:offset + length], copy)
         sim_id, time_step = _IDS.unpack_from(buf, offset + _IDS_AT)
         start = offset + hlen
-        if copy:  # one copy into a fresh writable buffer
-            arr = np.frombuffer(bytearray(buf[start:start + payload]), dtype, count)
-        else:
-            arr = np.frombuffer(buf, dtype, count, start)
+        arr = np.frombuffer(buf, dtype, count, start)
+        if copy:  # one copy into a fresh writable array
+            arr = arr.copy()
         if len(shape) != 1:
             arr = arr.reshape(shape)
         return cls(sim_id, time_step, params, name, arr, kind)
