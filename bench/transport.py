@@ -173,6 +173,38 @@ def _memcpy(size, n, hot):
     return n * size / (time.perf_counter() - t0) / 1e9
 
 
+def _micro(n=4000, reps=5):
+    """Microseconds per 4 KB frame of each ring operation, one process (no contention)."""
+    name = f"bench-micro-{os.getpid()}"
+    ring = RingConsumer.create(name, 64 << 20)
+    prod = RingProducer.attach(name)
+    f = _frame(4096, 0)
+    batch = [f] * 32
+    best = {}
+
+    def drain(copy):
+        got = 0
+        while got < n:
+            fs = ring.get_many(256, timeout=1, copy=copy)
+            if not copy:
+                for g in fs:
+                    g.release()
+            got += len(fs)
+
+    ops = {"put": lambda: [prod.put(f) for _ in range(n)],
+           "get_many_zero_copy": lambda: drain(False),
+           "put_many_32": lambda: [prod.put_many(batch) for _ in range(n // 32)],
+           "get_many_copy": lambda: drain(True)}
+    for _ in range(reps):
+        for op, fn in ops.items():
+            t0 = time.perf_counter()
+            fn()
+            best[op] = min(best.get(op, 1e9), (time.perf_counter() - t0) / n * 1e6)
+    prod.close()
+    ring.close()
+    return {k: round(v, 2) for k, v in best.items()}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer bytes and repeats (< 60 s)")
@@ -201,6 +233,8 @@ def main(argv=None):
     print(f"{'transport':10} {'producers':>9} " + " ".join(f"{k:>9}" for k in SIZES) + "   (GB/s)")
     for kind, nprod in [(k, p) for k in kinds for p in (1, 4)] + [("memcpy", 1), ("memcpy-hot", 1)]:
         print(f"{kind:10} {nprod:9d} " + " ".join(f"{res[kind, nprod, k]:9.2f}" for k in SIZES))
+    micro = _micro()
+    print("us per 4 KB frame, one process: " + ", ".join(f"{k} {v}" for k, v in micro.items()))
     out = {"elapsed_s": round(time.time() - t_start, 1), "quick": args.quick, "reps": reps,
            "loadavg_start_end": [round(load0, 2), round(os.getloadavg()[0], 2)]}
     if "ring" in kinds:
@@ -216,6 +250,7 @@ def main(argv=None):
             out["ring_put_many_over_zmq_4k"] = round(res["ring-pm", 1, "4k"] / res["zmq", 1, "4k"], 2)
         if "ring-cp" in kinds and "zmq" in kinds:
             out["ring_copy_over_zmq_4k"] = round(res["ring-cp", 1, "4k"] / res["zmq", 1, "4k"], 2)
+    out["us_per_frame_4k"] = micro
     out["gbps"] = {f"{k}_{p}p_{s}": round(v, 3) for (k, p, s), v in res.items()}
     print(json.dumps(out))
 

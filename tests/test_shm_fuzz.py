@@ -101,3 +101,20 @@ def test_ring_rejects_corrupt_slots_and_keeps_going(ring_name):
             assert got[-1].time_step == i and np.all(got[-1].array == i)
             delivered += 1
         assert delivered == 1000 and rejected == ring.rejected and rejected > 300
+
+
+def test_frame_built_by_hand_from_the_documented_layout_decodes():
+    """docs/wire-format.md, byte by byte, as a C writer would follow it."""
+    shape, params, name = (2, 3), (300.0, 0.5), "T"
+    hlen = (48 + 8 * len(shape) + 8 * len(params) + len(name) + 7) & ~7
+    payload = struct.pack("<6f", *range(6))
+    buf = bytearray(hlen)
+    struct.pack_into("<4sHHBBBBIqqQQ", buf, 0, b"OTFR", 1, hlen, 0, 1, len(shape), len(name),
+                     len(params), 42, 7, len(payload), 0)
+    struct.pack_into("<2Q2d", buf, 48, *shape, *params)
+    buf[48 + 32:48 + 33] = b"T"
+    f = fr.decode(bytes(buf) + payload)
+    assert (f.sim_id, f.time_step, f.name, f.kind) == (42, 7, "T", fr.DATA)
+    assert f.array.dtype == np.float32 and f.array.tolist() == [[0, 1, 2], [3, 4, 5]]
+    assert f.params.tolist() == [300.0, 0.5]
+    assert bytes(buf) == fr.encode_header(f)  # and our encoder writes exactly that
