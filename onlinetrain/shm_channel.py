@@ -27,11 +27,9 @@ x86-64 store ordering (TSO) for the publish order of aligned 8-byte words.
 from __future__ import annotations
 
 import collections
-import fcntl
 import logging
 import os
 import struct
-import threading
 import time
 
 import numpy as np
@@ -55,7 +53,6 @@ WRITING, COMMITTED, PAD = 1, 2, 3
 _BASE = CTL_SIZE + SLOT_HDR  # mmap offset of the frame in the slot at data offset 0
 STALL_CHECK_S = 0.05  # a WRITING slot older than this gets its producer's liveness checked
 CONSUMER_CHECK_S = 0.5  # producers check the consumer's liveness this often, full ring or not
-_thread_locks: dict[str, threading.Lock] = collections.defaultdict(threading.Lock)
 
 
 class _Backoff:
@@ -80,7 +77,6 @@ class RingProducer:
         self.pid = os.getpid()
         self.ptime = f2u(proc_start(self.pid))
         self.producer_id = int.from_bytes(os.urandom(7), "little")
-        self._tlock = _thread_locks[seg.name]
         self._enc = fr.Encoder()
         self._next_check = time.monotonic() + CONSUMER_CHECK_S
         self.test_hook_after_reserve = None  # tests widen the crash window with this
@@ -111,37 +107,36 @@ class RingProducer:
     def _reserve(self, sizes, timeout: float | None) -> list[int]:
         """Reserve slots for as many of `sizes` as fit now (at least one, waiting up to `timeout`)."""
         seg = self.seg
-        cap, ctl, q, fd, data = seg.capacity, seg.ctl, seg.q, seg.fd, seg.data
+        cap, ctl, q, data = seg.capacity, seg.ctl, seg.q, seg.data
         pack, pid, prod, ptime = _SLOT.pack_into, self.pid, self.producer_id, self.ptime
         deadline = backoff = None
         while True:
-            with self._tlock:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                try:
-                    w, seq, limit = ctl[C_WRITE], ctl[C_SEQ], ctl[C_READ] + cap
-                    offs = []
-                    for nbytes in sizes:
-                        slot = SLOT_HDR + ((nbytes + 63) & ~63)
-                        off = w % cap
-                        tail = cap - off
-                        if slot > tail:
-                            if w + tail + slot > limit:
-                                break
-                            q[(off >> 3) + S_LEN] = tail - SLOT_HDR
-                            q[off >> 3] = PAD
-                            w, off = w + tail, 0
-                        elif w + slot > limit:
+            seg.acquire()
+            try:
+                w, seq, limit = ctl[C_WRITE], ctl[C_SEQ], ctl[C_READ] + cap
+                offs = []
+                for nbytes in sizes:
+                    slot = SLOT_HDR + ((nbytes + 63) & ~63)
+                    off = w % cap
+                    tail = cap - off
+                    if slot > tail:
+                        if w + tail + slot > limit:
                             break
-                        pack(data, off, WRITING, nbytes, pid, seq, prod, ptime)
-                        seq += 1
-                        w += slot
-                        offs.append(off)
-                    if offs:
-                        ctl[C_SEQ] = seq
-                        ctl[C_WRITE] = w  # publish
-                        return offs
-                finally:
-                    fcntl.flock(fd, fcntl.LOCK_UN)
+                        q[(off >> 3) + S_LEN] = tail - SLOT_HDR
+                        q[off >> 3] = PAD
+                        w, off = w + tail, 0
+                    elif w + slot > limit:
+                        break
+                    pack(data, off, WRITING, nbytes, pid, seq, prod, ptime)
+                    seq += 1
+                    w += slot
+                    offs.append(off)
+                if offs:
+                    ctl[C_SEQ] = seq
+                    ctl[C_WRITE] = w  # publish
+                    return offs
+            finally:
+                seg.release()
             if backoff is None:  # the ring is full: wait for room (backpressure)
                 big = SLOT_HDR + ((max(sizes) + 63) & ~63)
                 if big > cap:
@@ -197,21 +192,20 @@ class RingProducer:
         nbytes = len(hdr) + arr.nbytes
         slot = SLOT_HDR + ((nbytes + 63) & ~63)
         ctl, cap = seg.ctl, seg.capacity
-        with self._tlock:  # fast path: room without wrapping; everything else goes to _reserve
-            fcntl.flock(seg.fd, fcntl.LOCK_EX)
-            try:
-                w = ctl[C_WRITE]
-                off = w % cap
-                if off + slot <= cap and w + slot <= ctl[C_READ] + cap:
-                    seq = ctl[C_SEQ]
-                    _SLOT.pack_into(seg.data, off, WRITING, nbytes, self.pid, seq, self.producer_id,
-                                    self.ptime)
-                    ctl[C_SEQ] = seq + 1
-                    ctl[C_WRITE] = w + slot  # publish
-                else:
-                    off = -1
-            finally:
-                fcntl.flock(seg.fd, fcntl.LOCK_UN)
+        seg.acquire()  # fast path: room without wrapping; everything else goes to _reserve
+        try:
+            w = ctl[C_WRITE]
+            off = w % cap
+            if off + slot <= cap and w + slot <= ctl[C_READ] + cap:
+                seq = ctl[C_SEQ]
+                _SLOT.pack_into(seg.data, off, WRITING, nbytes, self.pid, seq, self.producer_id,
+                                self.ptime)
+                ctl[C_SEQ] = seq + 1
+                ctl[C_WRITE] = w + slot  # publish
+            else:
+                off = -1
+        finally:
+            seg.release()
         if off < 0:
             off = self._reserve((nbytes,), timeout)[0]
         self._write(off, hdr, f, arr)

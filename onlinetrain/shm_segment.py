@@ -12,11 +12,14 @@ to 'Q' over the control block and the data region.
 """
 from __future__ import annotations
 
+import ctypes
 import errno
+import fcntl
 import logging
 import mmap
 import os
 import struct
+import threading
 import time
 
 import psutil
@@ -33,6 +36,9 @@ C_MAGIC, C_CAP, C_OWNER, C_OWNER_T, C_CLOSED = 0, 1, 2, 3, 4
 C_WRITE, C_SEQ = 8, 9  # own cache line: producers
 C_READ = 16  # own cache line: consumer
 C_ABANDONED, C_REJECTED = 24, 25
+C_LOCK_KIND = 5  # 1: robust process-shared pthread mutex at byte MUTEX_AT; 0: flock on the file
+MUTEX_AT = 512  # own cache lines, 64 bytes reserved (glibc's pthread_mutex_t is 40)
+EOWNERDEAD = getattr(errno, "EOWNERDEAD", 130)
 # map every page up front: a first touch of a tmpfs page costs microseconds, a 4 KB frame's worth
 _MAP_FLAGS = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
 
@@ -110,7 +116,50 @@ def alive(pid: int, start: float) -> bool:
     return True
 
 
+def _load_pthread():
+    """libc's robust-mutex functions through ctypes, or None where they are missing."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fns = {n: getattr(libc, "pthread_" + n) for n in (
+            "mutex_lock", "mutex_unlock", "mutex_consistent", "mutex_init", "mutexattr_init",
+            "mutexattr_setpshared", "mutexattr_setrobust")}
+    except (OSError, AttributeError):
+        return None
+    for fn in fns.values():
+        fn.argtypes, fn.restype = [ctypes.c_void_p], ctypes.c_int
+    fns["mutexattr_setpshared"].argtypes = fns["mutexattr_setrobust"].argtypes = [
+        ctypes.c_void_p, ctypes.c_int]
+    fns["mutex_init"].argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+    return fns
+
+
+_PT = _load_pthread()
+_thread_locks: dict[str, threading.Lock] = {}
+
+
+def _address(mm: mmap.mmap, offset: int) -> int:
+    ref = ctypes.c_char.from_buffer(mm, offset)
+    addr = ctypes.addressof(ref)
+    del ref  # no export left behind: mm.close() must still work
+    return addr
+
+
+def _init_mutex(mm: mmap.mmap) -> bool:
+    if _PT is None:
+        return False
+    attr = ctypes.create_string_buffer(64)
+    ok = (_PT["mutexattr_init"](attr) == 0 and _PT["mutexattr_setpshared"](attr, 1) == 0
+          and _PT["mutexattr_setrobust"](attr, 1) == 0
+          and _PT["mutex_init"](_address(mm, MUTEX_AT), attr) == 0)
+    return ok
+
+
 class Segment:
+    """An open ring segment. `acquire()`/`release()` is the producers' reservation lock: a robust
+    process-shared pthread mutex (its holder's death hands it to the next locker with EOWNERDEAD),
+    or, where libc lacks those, `flock` on this process's own open file description plus a thread
+    lock. The kernel releases either when the holder dies, so a crash never deadlocks the ring."""
+
     def __init__(self, name: str, fd: int, mm: mmap.mmap):
         self.name, self.fd, self.mm = name, fd, mm
         self.ctl = memoryview(mm)[:CTL_SIZE].cast("Q")
@@ -119,6 +168,40 @@ class Segment:
         self.q = self.data.cast("Q")
         self.owner = self.ctl[C_OWNER]
         self.owner_time = u2f(self.ctl[C_OWNER_T])
+        if self.ctl[C_LOCK_KIND] == 1:
+            if _PT is None:
+                raise ChannelError(f"ring shm://{name} uses a pthread mutex this libc lacks", name)
+            addr, lock, unlock = _address(mm, MUTEX_AT), _PT["mutex_lock"], _PT["mutex_unlock"]
+
+            def acquire():
+                rc = lock(addr)
+                if rc:
+                    self._recover(rc)
+
+            self.acquire, self.release = acquire, lambda: unlock(addr)
+        else:
+            tlock = _thread_locks.setdefault(name, threading.Lock())
+
+            def acquire():
+                tlock.acquire()
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                except BaseException:
+                    tlock.release()
+                    raise
+
+            def release():
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                tlock.release()
+
+            self.acquire, self.release = acquire, release
+
+    def _recover(self, rc: int):
+        if rc != EOWNERDEAD:
+            raise ChannelError(f"ring shm://{self.name}: pthread_mutex_lock failed: "
+                               f"{os.strerror(rc)}", self.name)
+        _PT["mutex_consistent"](_address(self.mm, MUTEX_AT))
+        log.warning("ring %s: a producer died holding the ring lock; lock recovered", self.name)
 
     def owner_alive(self) -> bool:
         return alive(self.owner, self.owner_time)
@@ -187,7 +270,8 @@ def create_segment(name: str, capacity: int) -> Segment:
             raise ChannelError(f"no room for a {capacity}-byte ring in {SHM_DIR}: {e}; free space "
                                f"there or ask for a smaller ring", name) from e
         raise
-    struct.pack_into("<QQQQ", mm, 8, capacity, os.getpid(), f2u(proc_start(os.getpid())), 0)
+    struct.pack_into("<QQQQQ", mm, 8, capacity, os.getpid(), f2u(proc_start(os.getpid())), 0,
+                     1 if _init_mutex(mm) else 0)
     struct.pack_into("<Q", mm, 0, RING_MAGIC)  # last: attachers check it
     return Segment(name, fd, mm)
 

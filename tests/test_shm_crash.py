@@ -1,5 +1,4 @@
 """Crash safety of the shm ring with real processes and SIGKILL; stale segments and `ot clean`."""
-import fcntl
 import multiprocessing as mp
 import os
 import signal
@@ -11,7 +10,7 @@ import numpy as np
 import pytest
 
 from onlinetrain import frame as fr
-from onlinetrain.shm_segment import C_READ, C_WRITE
+from onlinetrain.shm_segment import C_LOCK_KIND, C_READ, C_WRITE, open_segment
 from onlinetrain.shm_channel import (ConsumerGone, Empty, RingConsumer, RingProducer, clean_stale,
                                      segment_owner, segment_path)
 
@@ -65,8 +64,8 @@ def test_producer_killed_mid_write_is_skipped_and_others_go_on(ring_name):
 
 
 def _hold_lock_forever(name, ready):
-    fd = os.open(segment_path(name), os.O_RDWR)
-    fcntl.flock(fd, fcntl.LOCK_EX)  # what a producer does while reserving
+    seg = open_segment(name)
+    seg.acquire()  # what a producer does while reserving
     ready.set()
     time.sleep(120)
 
@@ -81,8 +80,11 @@ def test_producer_killed_holding_the_lock_does_not_wedge_the_ring(ring_name):
         assert ready.wait(30)
         os.kill(holder.pid, signal.SIGKILL)
         holder.join(10)
-        p.put(fr.Frame(0, 1, array=np.ones(10)))  # the kernel dropped the dead holder's lock
+        p.put(fr.Frame(0, 1, array=np.ones(10)))  # the dead holder's lock was handed on
         assert ring.get(timeout=5).time_step == 1
+        p.put(fr.Frame(0, 2, array=np.ones(10)))  # and works normally afterwards
+        assert ring.get(timeout=5).time_step == 2
+        assert ring.seg.ctl[C_LOCK_KIND] == 1  # glibc: the robust mutex, not the flock fallback
 
 
 def _consumer_then_die(name, ready):
