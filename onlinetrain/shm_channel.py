@@ -13,8 +13,9 @@ consumer (the trainer) creates and unlinks it; producers (simulations) attach an
 Protocol (byte layout in docs/wire-format.md). Positions are monotonic 64-bit byte counters
 (`write_pos`, `read_pos`); a slot lives at `pos % capacity` and is a 64-byte slot header (state,
 length, producer pid, sequence, producer id, producer start time) followed by the encoded frame,
-padded to 64 bytes. A producer reserves one or more slots under a `flock` on its own open file
-description (the kernel drops it if the holder dies, so no deadlock), writes each slot header with
+padded to 64 bytes. A producer reserves one or more slots under the ring lock (a robust
+process-shared pthread mutex, handed on with EOWNERDEAD if its holder dies; `flock` where libc lacks
+robust mutexes; see shm_segment.Segment), so no crash deadlocks the ring, writes each slot header with
 state WRITING, publishes `write_pos` (one aligned 8-byte store), releases the lock, copies the frames
 outside the lock (producers copy in parallel) and finally stores state COMMITTED. A producer killed
 before publishing leaves nothing visible; one killed after publishing leaves WRITING slots that the
@@ -88,6 +89,11 @@ class RingProducer:
         while True:
             try:
                 seg = open_segment(name)
+            except ChannelError:  # being created right now (no magic yet), or not a ring at all
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.05)
+                continue
             except FileNotFoundError:
                 if time.monotonic() >= deadline:
                     raise ChannelNotFound(

@@ -221,3 +221,25 @@ def test_eight_producer_processes_deliver_every_frame_once(ring_name):
         with pytest.raises(Empty):
             ring.get(timeout=0.05)
         assert ring.abandoned == 0
+
+
+@pytest.mark.timeout(60)
+def test_attach_waits_through_a_ring_still_being_created(ring_name):
+    """A producer that opens the file between O_CREAT and the magic retries instead of failing."""
+    import os
+    import threading
+    from onlinetrain.shm_channel import segment_path
+    fd = os.open(segment_path(ring_name), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    os.close(fd)  # exists, 0 bytes: what a producer sees at the start of RingConsumer.create
+    made = []
+    t = threading.Timer(0.5, lambda: made.append(RingConsumer.create(ring_name, capacity=1 << 16)))
+    t.start()
+    try:
+        with RingProducer.attach(ring_name, timeout=20) as p:
+            p.put(fr.Frame(0, 5))
+        t.join()
+        assert made[0].get(timeout=1).time_step == 5
+    finally:
+        t.join()
+        for r in made:
+            r.close()
