@@ -27,7 +27,6 @@ x86-64 store ordering (TSO) for the publish order of aligned 8-byte words.
 """
 from __future__ import annotations
 
-import collections
 import logging
 import os
 import struct
@@ -36,38 +35,19 @@ import time
 import numpy as np
 
 from . import frame as fr
-from .shm_segment import (CTL_SIZE, C_ABANDONED, C_CLOSED, C_READ, C_REJECTED, C_SEQ, C_WRITE, ChannelError,
-                          ChannelInUse, ChannelNotFound, ConsumerGone, Empty, Full, alive,
-                          clean_stale, create_segment, f2u, open_segment, proc_start, segment_owner,
-                          segment_path, u2f)
+from .shm_consumer import RingConsumer, RingFrame
+from .shm_segment import (C_CLOSED, C_READ, C_SEQ, C_WRITE, COMMITTED, PAD, S_LEN, SLOT,
+                          SLOT_HDR, WRITING, Backoff, ChannelError, ChannelInUse, ChannelNotFound,
+                          ConsumerGone, Empty, Full, clean_stale, f2u, open_segment, proc_start,
+                          segment_owner, segment_path)
 
 __all__ = ["RingProducer", "RingConsumer", "RingFrame", "ChannelError", "ChannelInUse",
            "ChannelNotFound", "ConsumerGone", "Empty", "Full", "clean_stale", "segment_owner",
-           "segment_path"]
+           "segment_path", "SLOT_HDR"]
 log = logging.getLogger(__name__)
 
-SLOT_HDR = 64
-_SLOT = struct.Struct("<6Q")
-_IDS = struct.Struct("<qq")  # sim_id, time_step at byte 16 of a frame  # state, length, pid, seq, producer id, producer start time
-S_STATE, S_LEN, S_PID, S_SEQ, S_PROD, S_PTIME = 0, 1, 2, 3, 4, 5
-WRITING, COMMITTED, PAD = 1, 2, 3
-_BASE = CTL_SIZE + SLOT_HDR  # mmap offset of the frame in the slot at data offset 0
-STALL_CHECK_S = 0.05  # a WRITING slot older than this gets its producer's liveness checked
+_IDS = struct.Struct("<qq")  # sim_id, time_step at byte 16 of a frame
 CONSUMER_CHECK_S = 0.5  # producers check the consumer's liveness this often, full ring or not
-
-
-class _Backoff:
-    """Spin, then yield, then sleep up to 1 ms: cheap waiting without a shared condition variable."""
-
-    def __init__(self):
-        self.n = 0
-
-    def wait(self):
-        self.n += 1
-        if self.n < 20:
-            return
-        time.sleep(0 if self.n < 100 else min(1e-3, 2e-5 * (self.n - 99)))
-
 
 class RingProducer:
     """Attach to an existing ring and put frames into it (blocking on a full ring: backpressure)."""
@@ -114,7 +94,7 @@ class RingProducer:
         """Reserve slots for as many of `sizes` as fit now (at least one, waiting up to `timeout`)."""
         seg = self.seg
         cap, ctl, q, data = seg.capacity, seg.ctl, seg.q, seg.data
-        pack, pid, prod, ptime = _SLOT.pack_into, self.pid, self.producer_id, self.ptime
+        pack, pid, prod, ptime = SLOT.pack_into, self.pid, self.producer_id, self.ptime
         deadline = backoff = None
         while True:
             seg.acquire()
@@ -148,7 +128,7 @@ class RingProducer:
                 if big > cap:
                     raise Full(f"frame of {max(sizes)} bytes does not fit ring shm://{self.name} of "
                                f"{cap} bytes; create the ring larger (ring_mb)", self.name)
-                backoff = _Backoff()
+                backoff = Backoff()
                 deadline = None if timeout is None else time.monotonic() + timeout
             now = time.monotonic()
             if now >= self._next_check:
@@ -204,7 +184,7 @@ class RingProducer:
             off = w % cap
             if off + slot <= cap and w + slot <= ctl[C_READ] + cap:
                 seq = ctl[C_SEQ]
-                _SLOT.pack_into(seg.data, off, WRITING, nbytes, self.pid, seq, self.producer_id,
+                SLOT.pack_into(seg.data, off, WRITING, nbytes, self.pid, seq, self.producer_id,
                                 self.ptime)
                 ctl[C_SEQ] = seq + 1
                 ctl[C_WRITE] = w + slot  # publish
@@ -246,182 +226,6 @@ class RingProducer:
         if self.seg is not None:
             self.seg.close()
             self.seg = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-
-class RingFrame(fr.Frame):
-    """A frame whose array views ring memory; call `release()` when done with it."""
-
-    _ring = None
-    _entry = None
-
-    def release(self):
-        if self._ring is not None:
-            self._ring._release(self._entry)
-            self._ring = None
-            self.array = None
-
-
-class RingConsumer:
-    """Create a ring and read frames from it. Exactly one consumer per ring."""
-
-    def __init__(self, seg):
-        self.seg = seg
-        self.name = seg.name
-        self._pos = seg.ctl[C_READ]  # next slot to read (may run ahead of read_pos)
-        self._pending: collections.deque = collections.deque()  # [end_pos, released] in order
-        self._stall: dict[int, float] = {}
-        self._dec = fr.Decoder()
-        self.rejected = 0
-
-    @classmethod
-    def create(cls, name: str, capacity: int = 64 << 20) -> "RingConsumer":
-        """Create ring `name`; a stale segment of a dead creator is removed, a live one is an error."""
-        return cls(create_segment(name, capacity))
-
-    @property
-    def abandoned(self) -> int:
-        """Slots skipped because their producer died mid-write."""
-        return self.seg.ctl[C_ABANDONED]
-
-    def _done(self, end: int):
-        """The slot ending at `end` is consumed (copied or skipped)."""
-        if self._pending:
-            self._pending.append([end, True])
-            self._advance()
-        else:
-            self.seg.ctl[C_READ] = end
-
-    def _advance(self):
-        pend, ctl = self._pending, self.seg.ctl
-        while pend and pend[0][1]:
-            ctl[C_READ] = pend.popleft()[0]
-
-    def _release(self, entry):
-        entry[1] = True
-        if self.seg is not None:
-            self._advance()
-
-    def _scan(self, max_frames: int, copy: bool) -> list:
-        """Up to `max_frames` frames available now; raises FrameError for a malformed first slot."""
-        seg = self.seg
-        cap, q, mm, ctl = seg.capacity, seg.q, seg.mm, seg.ctl
-        dec, pend = self._dec.decode_at, self._pending
-        out = []
-        pos, w = self._pos, ctl[C_WRITE]
-        while pos < w and len(out) < max_frames:
-            off = pos % cap
-            i = off >> 3
-            state, length = q[i], q[i + 1]
-            end = pos + SLOT_HDR + ((length + 63) & ~63)
-            if end > w or off + SLOT_HDR + length > cap:
-                raise ChannelError(f"ring shm://{self.name} is corrupt: slot at {pos} announces "
-                                   f"{length} bytes", self.name)
-            if state == COMMITTED:
-                try:
-                    if copy:
-                        f = dec(mm, off + _BASE, length, True)
-                    else:
-                        f = dec(mm, off + _BASE, length, False, RingFrame)
-                except fr.FrameError:
-                    if out:  # hand out the good ones; the bad one raises on the next call
-                        break
-                    self.rejected += 1
-                    ctl[C_REJECTED] += 1
-                    self._pos = end
-                    self._done(end)
-                    raise
-                if copy:
-                    if pend:
-                        pend.append([end, True])
-                else:
-                    entry = [end, False]
-                    pend.append(entry)
-                    f._ring, f._entry = self, entry
-                out.append(f)
-                pos = end
-                continue
-            if state == PAD:
-                pos = end
-                if pend:
-                    pend.append([end, True])
-                continue
-            if state == WRITING and self._writer_dead(pos, i):
-                log.warning("ring %s: producer pid %d died mid-write; slot seq %d skipped",
-                            self.name, q[i + S_PID], q[i + S_SEQ])
-                ctl[C_ABANDONED] += 1
-                pos = end
-                if pend:
-                    pend.append([end, True])
-                continue
-            if state not in (WRITING, COMMITTED, PAD):
-                raise ChannelError(f"ring shm://{self.name} is corrupt: slot state {state}",
-                                   self.name)
-            break  # a slot still being written: wait for it
-        if pos != self._pos:
-            self._pos = pos
-            if self._stall:
-                self._stall = {k: v for k, v in self._stall.items() if k >= pos}
-            if pend:
-                self._advance()
-            else:
-                ctl[C_READ] = pos
-        return out
-
-    def _writer_dead(self, pos: int, i: int) -> bool:
-        now = time.monotonic()
-        first = self._stall.setdefault(pos, now)
-        if now - first < STALL_CHECK_S:
-            return False
-        self._stall[pos] = now - STALL_CHECK_S / 2  # recheck every STALL_CHECK_S / 2
-        q = self.seg.q
-        if alive(q[i + S_PID], u2f(q[i + S_PTIME])):
-            return False
-        self._stall.pop(pos, None)
-        return True
-
-    def get_many(self, max_frames: int = 64, timeout: float | None = None,
-                 copy: bool = True) -> list[fr.Frame]:
-        """At least one frame (waiting up to `timeout`), then whatever else is ready, up to max."""
-        if self.seg is None:
-            raise ChannelError(f"consumer of shm://{self.name} is closed", self.name)
-        out = self._scan(max_frames, copy)
-        if out:
-            return out
-        deadline = None if timeout is None else time.monotonic() + timeout
-        backoff = _Backoff()
-        while True:
-            backoff.wait()
-            out = self._scan(max_frames, copy)
-            if out:
-                return out
-            if deadline is not None and time.monotonic() >= deadline:
-                raise Empty(f"no frame on shm://{self.name} within {timeout:g} s", self.name)
-
-    def get(self, timeout: float | None = None, copy: bool = True) -> fr.Frame:
-        """Next frame; blocks up to `timeout` seconds (None: forever), then raises Empty."""
-        return self.get_many(1, timeout, copy)[0]
-
-    def get_nowait(self, copy: bool = True) -> fr.Frame:
-        return self.get(timeout=0.0, copy=copy)
-
-    def close(self, unlink: bool = True):
-        if self.seg is None:
-            return
-        self.seg.ctl[C_CLOSED] = 1
-        path = segment_path(self.name)
-        self.seg.close()
-        self.seg = None
-        if unlink:
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
 
     def __enter__(self):
         return self

@@ -39,6 +39,11 @@ C_ABANDONED, C_REJECTED = 24, 25
 C_LOCK_KIND = 5  # 1: robust process-shared pthread mutex at byte MUTEX_AT; 0: flock on the file
 MUTEX_AT = 512  # own cache lines, 64 bytes reserved (glibc's pthread_mutex_t is 40)
 EOWNERDEAD = getattr(errno, "EOWNERDEAD", 130)
+# slot header: 8 little-endian u64 words before each frame in the data region
+SLOT_HDR = 64
+SLOT = struct.Struct("<6Q")  # state, length, producer pid, sequence, producer id, start time
+S_STATE, S_LEN, S_PID, S_SEQ, S_PROD, S_PTIME = 0, 1, 2, 3, 4, 5
+WRITING, COMMITTED, PAD = 1, 2, 3
 # map every page up front: a first touch of a tmpfs page costs microseconds, a 4 KB frame's worth
 _MAP_FLAGS = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
 
@@ -317,3 +322,16 @@ def clean_stale(prefix: str = "") -> list[str]:
             except FileNotFoundError:
                 pass
     return removed
+
+
+class Backoff:
+    """Spin, then yield, then sleep up to 1 ms: cheap waiting without a shared condition variable."""
+
+    def __init__(self):
+        self.n = 0
+
+    def wait(self):
+        self.n += 1
+        if self.n < 20:
+            return
+        time.sleep(0 if self.n < 100 else min(1e-3, 2e-5 * (self.n - 99)))
