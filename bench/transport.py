@@ -210,8 +210,8 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="fewer bytes and repeats (< 60 s)")
     ap.add_argument("--kinds", default="ring,ring-cp,ring-pm,zmq,mpq")
     args = ap.parse_args(argv)
-    volume = {"4k": 32 << 20, "1m": 512 << 20, "8m": 1 << 30}
-    reps = 3 if args.quick else 7
+    volume = {"4k": 24 << 20, "1m": 384 << 20, "8m": 768 << 20}
+    reps = 5 if args.quick else 9
     if not args.quick:
         volume = {k: 4 * v for k, v in volume.items()}
     kinds = args.kinds.split(",")
