@@ -28,6 +28,10 @@ FIXED_SIZE = _FIXED.size  # 48 bytes
 MAX_NDIM = 8
 MAX_PARAMS = 4096
 MAX_NAME = 255
+MAX_DIM = 1 << 48  # one extent; larger ones are rejected before numpy sees them
+_IDS = struct.Struct("<qq")  # sim_id, time_step at byte 16
+_IDS_AT = 16
+_F8 = np.dtype("<f8")
 
 # Frame kinds
 DATA = 0  # one time step of one simulation
@@ -161,7 +165,9 @@ def decode(buf, copy: bool = True) -> Frame:
         raise FrameError(f"frame is {len(mv)} bytes but its header announces {hlen}+{payload_len}",
                          len(mv))
     o = FIXED_SIZE
-    shape = tuple(int(s) for s in np.frombuffer(mv, "<u8", ndim, o))
+    shape = struct.unpack_from(f"<{ndim}Q", mv, o)
+    if any(s > MAX_DIM for s in shape):
+        raise FrameError(f"shape {shape} has an extent above {MAX_DIM}", shape)
     o += 8 * ndim
     dtype = DTYPES[code]
     count = 1
@@ -170,7 +176,7 @@ def decode(buf, copy: bool = True) -> Frame:
     if count * dtype.itemsize != payload_len:
         raise FrameError(f"shape {shape} of {dtype} needs {count * dtype.itemsize} bytes, "
                          f"payload has {payload_len}", shape)
-    params = np.frombuffer(mv, "<f8", n_params, o).copy()
+    params = np.frombuffer(mv, "<f8", n_params, o).astype("=f8")
     o += 8 * n_params
     try:
         name = bytes(mv[o:o + name_len]).decode("utf-8")
@@ -180,3 +186,86 @@ def decode(buf, copy: bool = True) -> Frame:
     if copy:
         arr = arr.copy()
     return Frame(sim_id=sim_id, time_step=time_step, params=params, name=name, array=arr, kind=kind)
+
+
+def _le_contiguous(a) -> np.ndarray:
+    arr = np.asarray(a)
+    if arr.dtype.byteorder == ">":
+        arr = arr.astype(arr.dtype.newbyteorder("<"))
+    if not arr.flags.c_contiguous:
+        arr = np.ascontiguousarray(arr)
+    return arr
+
+
+class Encoder:
+    """Header bytes cached per (kind, dtype, shape, params, name): one pack per new combination.
+
+        enc = Encoder()
+        hdr, arr = enc.prepare(frame)     # header template (ids not filled) + C-contiguous LE array
+        buf[o:o + len(hdr)] = hdr; enc.fill_ids(buf, o, frame); buf[o + len(hdr):...] = arr bytes
+    """
+
+    def __init__(self, max_entries: int = 256):
+        self._cache: dict = {}
+        self._max = max_entries
+
+    def prepare(self, f: Frame) -> tuple[bytes, np.ndarray]:
+        arr = f.array
+        if type(arr) is not np.ndarray or not arr.flags.c_contiguous or arr.dtype.byteorder == ">":
+            arr = _le_contiguous(arr)
+        p = f.params
+        pkey = p.tobytes() if type(p) is np.ndarray and p.dtype == _F8 else \
+            np.ascontiguousarray(p, dtype="<f8").tobytes()
+        key = (arr.shape, arr.dtype.num, f.name, f.kind, pkey)
+        hdr = self._cache.get(key)
+        if hdr is None:
+            hdr = encode_header(Frame(0, 0, f.params, f.name, arr, f.kind), arr.nbytes)
+            if len(self._cache) >= self._max:
+                self._cache.clear()
+            self._cache[key] = hdr
+        return hdr, arr
+
+    @staticmethod
+    def fill_ids(buf, offset: int, f: Frame) -> None:
+        _IDS.pack_into(buf, offset + _IDS_AT, int(f.sim_id), int(f.time_step))
+
+
+class Decoder:
+    """`decode` with the header parsed once per distinct header (ids excluded).
+
+    Frames of one simulation share their header, so the consumer pays one dict look-up per frame.
+    The `params` array of a decoded frame is shared between such frames and is read-only.
+    """
+
+    def __init__(self, max_entries: int = 4096):
+        self._cache: dict = {}
+        self._max = max_entries
+
+    def decode_at(self, buf, offset: int, length: int, copy: bool = True, cls=Frame) -> Frame:
+        """Decode the `length`-byte frame at `offset` of `buf` (an mmap, bytes or 'B' memoryview)."""
+        if length < FIXED_SIZE or offset + length > len(buf):
+            return decode(buf[offset:offset + length], copy)  # raises the clear error
+        hlen = buf[offset + 6] | buf[offset + 7] << 8
+        if hlen < FIXED_SIZE or hlen > length:
+            return decode(buf[offset:offset + length], copy)
+        key = bytes(buf[offset:offset + _IDS_AT]) + bytes(buf[offset + 32:offset + hlen])  # ids excluded
+        ent = self._cache.get(key)
+        if ent is None:
+            g = decode(buf[offset:offset + length], copy=False)
+            g.params.flags.writeable = False
+            ent = (g.kind, g.array.dtype, g.array.shape, g.array.size, g.params, g.name,
+                   length - hlen)
+            if len(self._cache) >= self._max:
+                self._cache.clear()
+            self._cache[key] = ent
+        kind, dtype, shape, count, params, name, payload = ent
+        if hlen + payload != length:
+            return decode(buf[offset:offset + length], copy)
+        sim_id, time_step = _IDS.unpack_from(buf, offset + _IDS_AT)
+        start = offset + hlen
+        arr = np.frombuffer(buf, dtype, count, start)
+        if copy:  # one copy into a fresh writable array
+            arr = arr.copy()
+        if len(shape) != 1:
+            arr = arr.reshape(shape)
+        return cls(sim_id, time_step, params, name, arr, kind)

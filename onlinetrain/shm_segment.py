@@ -1,0 +1,337 @@
+"""The named POSIX shared-memory segment under a ring: create, open, liveness, stale cleanup.
+
+    seg = create_segment("demo", capacity=64 << 20)   # /dev/shm/ot_demo, mode 0600, owner = this pid
+    seg = open_segment("demo")                          # attach (raises FileNotFoundError if absent)
+    seg.owner_alive(); seg.close()
+    clean_stale()                                       # unlink rings whose creator is dead
+
+Segments are plain files in /dev/shm opened with os.open + mmap, so Python's resource tracker never
+sees them (it would unlink an attacher's segment at exit). Only the creator unlinks. The control block
+is 4 KiB of little-endian uint64 words (see docs/wire-format.md); `ctl` and `q` are memoryviews cast
+to 'Q' over the control block and the data region.
+"""
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import logging
+import mmap
+import os
+import struct
+import threading
+import time
+
+import psutil
+
+log = logging.getLogger(__name__)
+
+SHM_DIR = "/dev/shm"
+PREFIX = "ot_"
+RING_MAGIC = int.from_bytes(b"OTRING01", "little")
+CTL_SIZE = 4096
+ALIGN = 64
+# control block, as uint64 word indices
+C_MAGIC, C_CAP, C_OWNER, C_OWNER_T, C_CLOSED = 0, 1, 2, 3, 4
+C_WRITE, C_SEQ = 8, 9  # own cache line: producers
+C_READ = 16  # own cache line: consumer
+C_ABANDONED, C_REJECTED = 24, 25
+C_LOCK_KIND = 5  # 1: robust process-shared pthread mutex at byte MUTEX_AT; 0: flock on the file
+MUTEX_AT = 512  # own cache lines, 64 bytes reserved (glibc's pthread_mutex_t is 40)
+EOWNERDEAD = getattr(errno, "EOWNERDEAD", 130)
+# slot header: 8 little-endian u64 words before each frame in the data region
+SLOT_HDR = 64
+SLOT = struct.Struct("<6Q")  # state, length, producer pid, sequence, producer id, start time
+S_STATE, S_LEN, S_PID, S_SEQ, S_PROD, S_PTIME = 0, 1, 2, 3, 4, 5
+WRITING, COMMITTED, PAD = 1, 2, 3
+# map every page up front: a first touch of a tmpfs page costs microseconds, a 4 KB frame's worth
+_MAP_FLAGS = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+
+
+class ChannelError(RuntimeError):
+    """Base of channel errors; `name` is the channel."""
+
+    def __init__(self, message: str, name: str | None = None):
+        super().__init__(message)
+        self.name = name
+
+
+class Empty(ChannelError):
+    pass
+
+
+class Full(ChannelError):
+    pass
+
+
+class ChannelNotFound(ChannelError):
+    pass
+
+
+class ChannelInUse(ChannelError):
+    pass
+
+
+class ConsumerGone(ChannelError):
+    pass
+
+
+def segment_path(name: str) -> str:
+    if not name or "/" in name or "\0" in name or len(name) > 200:
+        raise ChannelError(f"bad channel name {name!r}: use letters, digits, '-', '_' or '.'", name)
+    return os.path.join(SHM_DIR, PREFIX + name)
+
+
+def align(n: int) -> int:
+    return (n + ALIGN - 1) // ALIGN * ALIGN
+
+
+def f2u(x: float) -> int:
+    return struct.unpack("<Q", struct.pack("<d", x))[0]
+
+
+def u2f(x: int) -> float:
+    return struct.unpack("<d", struct.pack("<Q", x))[0]
+
+
+def proc_start(pid: int) -> float:
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return -1.0
+
+
+def alive(pid: int, start: float) -> bool:
+    """True if process `pid` exists and (when `start` is known) started at `start` (no pid reuse)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    except OverflowError:
+        return False
+    if start > 0:
+        s = proc_start(pid)
+        if s < 0:
+            return psutil.pid_exists(pid)
+        return abs(s - start) < 0.5
+    return True
+
+
+def _load_pthread():
+    """libc's robust-mutex functions through ctypes, or None where they are missing."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fns = {n: getattr(libc, "pthread_" + n) for n in (
+            "mutex_lock", "mutex_unlock", "mutex_consistent", "mutex_init", "mutexattr_init",
+            "mutexattr_setpshared", "mutexattr_setrobust")}
+    except (OSError, AttributeError):
+        return None
+    for fn in fns.values():
+        fn.argtypes, fn.restype = [ctypes.c_void_p], ctypes.c_int
+    fns["mutexattr_setpshared"].argtypes = fns["mutexattr_setrobust"].argtypes = [
+        ctypes.c_void_p, ctypes.c_int]
+    fns["mutex_init"].argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+    return fns
+
+
+_PT = _load_pthread()
+_thread_locks: dict[str, threading.Lock] = {}
+
+
+def _address(mm: mmap.mmap, offset: int) -> int:
+    ref = ctypes.c_char.from_buffer(mm, offset)
+    addr = ctypes.addressof(ref)
+    del ref  # no export left behind: mm.close() must still work
+    return addr
+
+
+def _init_mutex(mm: mmap.mmap) -> bool:
+    if _PT is None:
+        return False
+    attr = ctypes.create_string_buffer(64)
+    ok = (_PT["mutexattr_init"](attr) == 0 and _PT["mutexattr_setpshared"](attr, 1) == 0
+          and _PT["mutexattr_setrobust"](attr, 1) == 0
+          and _PT["mutex_init"](_address(mm, MUTEX_AT), attr) == 0)
+    return ok
+
+
+class Segment:
+    """An open ring segment. `acquire()`/`release()` is the producers' reservation lock: a robust
+    process-shared pthread mutex (its holder's death hands it to the next locker with EOWNERDEAD),
+    or, where libc lacks those, `flock` on this process's own open file description plus a thread
+    lock. The kernel releases either when the holder dies, so a crash never deadlocks the ring."""
+
+    def __init__(self, name: str, fd: int, mm: mmap.mmap):
+        self.name, self.fd, self.mm = name, fd, mm
+        self.ctl = memoryview(mm)[:CTL_SIZE].cast("Q")
+        self.capacity = self.ctl[C_CAP]
+        self.data = memoryview(mm)[CTL_SIZE:CTL_SIZE + self.capacity]
+        self.q = self.data.cast("Q")
+        self.owner = self.ctl[C_OWNER]
+        self.owner_time = u2f(self.ctl[C_OWNER_T])
+        if self.ctl[C_LOCK_KIND] == 1:
+            if _PT is None:
+                raise ChannelError(f"ring shm://{name} uses a pthread mutex this libc lacks", name)
+            addr, lock, unlock = _address(mm, MUTEX_AT), _PT["mutex_lock"], _PT["mutex_unlock"]
+
+            def acquire():
+                rc = lock(addr)
+                if rc:
+                    self._recover(rc)
+
+            self.acquire, self.release = acquire, lambda: unlock(addr)
+        else:
+            tlock = _thread_locks.setdefault(name, threading.Lock())
+
+            def acquire():
+                tlock.acquire()
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                except BaseException:
+                    tlock.release()
+                    raise
+
+            def release():
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                tlock.release()
+
+            self.acquire, self.release = acquire, release
+
+    def _recover(self, rc: int):
+        if rc != EOWNERDEAD:
+            raise ChannelError(f"ring shm://{self.name}: pthread_mutex_lock failed: "
+                               f"{os.strerror(rc)}", self.name)
+        _PT["mutex_consistent"](_address(self.mm, MUTEX_AT))
+        log.warning("ring %s: a producer died holding the ring lock; lock recovered", self.name)
+
+    def owner_alive(self) -> bool:
+        return alive(self.owner, self.owner_time)
+
+    def close(self):
+        try:
+            for v in (self.q, self.data, self.ctl):
+                v.release()
+            self.mm.close()
+        except BufferError:  # the mapping stays until those views are garbage
+            log.warning("ring %s: zero-copy views still alive at close; mapping kept", self.name)
+        os.close(self.fd)
+
+
+def open_segment(name: str) -> Segment:
+    path = segment_path(name)
+    fd = os.open(path, os.O_RDWR)
+    try:
+        size = os.fstat(fd).st_size
+        if size < CTL_SIZE:
+            raise ChannelError(f"segment {path} is {size} bytes: not an onlinetrain ring", name)
+        mm = mmap.mmap(fd, size, flags=_MAP_FLAGS)
+    except BaseException:
+        os.close(fd)
+        raise
+    magic, cap = struct.unpack_from("<QQ", mm, 0)
+    if magic != RING_MAGIC or cap % ALIGN or CTL_SIZE + cap > size:
+        mm.close()
+        os.close(fd)
+        raise ChannelError(f"segment {path} is not an onlinetrain ring (bad magic or size)", name)
+    return Segment(name, fd, mm)
+
+
+def create_segment(name: str, capacity: int) -> Segment:
+    """Create ring segment `name`; a stale one of a dead creator is removed, a live one is an error."""
+    path = segment_path(name)
+    capacity = align(int(capacity))
+    if capacity < 4 * ALIGN:
+        raise ChannelError(f"ring capacity {capacity} is too small: use at least {4 * ALIGN} bytes",
+                           name)
+    for _ in range(3):
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+            break
+        except FileExistsError:
+            owner = segment_owner(name)
+            if owner is not None and owner[1]:
+                raise ChannelInUse(f"channel shm://{name} is in use by live pid {owner[0]}; "
+                                   f"pick another name or stop that process", name) from None
+            log.warning("removing stale ring %s (owner %s is dead)", path,
+                        owner[0] if owner else "unknown")
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+    else:
+        raise ChannelInUse(f"could not create {path}: another process keeps creating it", name)
+    try:
+        os.ftruncate(fd, CTL_SIZE + capacity)
+        os.posix_fallocate(fd, 0, CTL_SIZE + capacity)  # ENOSPC now rather than SIGBUS later
+        mm = mmap.mmap(fd, CTL_SIZE + capacity, flags=_MAP_FLAGS)
+    except OSError as e:
+        os.close(fd)
+        os.unlink(path)
+        if e.errno in (errno.ENOMEM, errno.ENOSPC):
+            raise ChannelError(f"no room for a {capacity}-byte ring in {SHM_DIR}: {e}; free space "
+                               f"there or ask for a smaller ring", name) from e
+        raise
+    struct.pack_into("<QQQQQ", mm, 8, capacity, os.getpid(), f2u(proc_start(os.getpid())), 0,
+                     1 if _init_mutex(mm) else 0)
+    struct.pack_into("<Q", mm, 0, RING_MAGIC)  # last: attachers check it
+    return Segment(name, fd, mm)
+
+
+def segment_owner(name: str) -> tuple[int, bool] | None:
+    """(owner pid, owner alive) of an existing segment, or None if there is none or it is not ours.
+
+    A segment whose creator died before writing the magic (empty, or all-zero first word) reports
+    owner 0, dead, once it is older than a few seconds; anything else that is not a ring is left alone.
+    """
+    try:
+        seg = open_segment(name)
+    except FileNotFoundError:
+        return None
+    except (OSError, ChannelError):
+        try:
+            path = segment_path(name)
+            age = time.time() - os.stat(path).st_mtime
+            with open(path, "rb") as fh:
+                head = fh.read(8)
+        except OSError:
+            return None
+        return (0, False) if age > 5 and head.strip(b"\0") == b"" else None
+    try:
+        return seg.owner, seg.owner_alive()
+    finally:
+        seg.close()
+
+
+def clean_stale(prefix: str = "") -> list[str]:
+    """Unlink rings of `PREFIX + prefix*` whose creator is dead; returns the names removed."""
+    removed = []
+    for entry in sorted(os.listdir(SHM_DIR)):
+        if not entry.startswith(PREFIX + prefix):
+            continue
+        name = entry[len(PREFIX):]
+        owner = segment_owner(name)
+        if owner is not None and not owner[1]:
+            try:
+                os.unlink(os.path.join(SHM_DIR, entry))
+                removed.append(name)
+                log.warning("removed stale ring %s of dead pid %d", name, owner[0])
+            except FileNotFoundError:
+                pass
+    return removed
+
+
+class Backoff:
+    """Spin, then yield, then sleep up to 1 ms: cheap waiting without a shared condition variable."""
+
+    def __init__(self):
+        self.n = 0
+
+    def wait(self):
+        self.n += 1
+        if self.n < 20:
+            return
+        time.sleep(0 if self.n < 100 else min(1e-3, 2e-5 * (self.n - 99)))

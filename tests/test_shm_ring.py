@@ -1,0 +1,245 @@
+"""The shm ring's contract: exactly-once, per-producer order, wrap-around, backpressure, zero-copy.
+
+Hypothesis drives random interleavings of puts (several producers), gets, batched gets and held
+zero-copy frames through a tiny ring; real processes push checksummed frames through a shared one.
+"""
+import multiprocessing as mp
+import zlib
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from onlinetrain import frame as fr
+from onlinetrain.shm_channel import (ChannelError, Empty, Full, RingConsumer, RingProducer)
+
+
+def _payload(prod: int, seq: int, size: int) -> np.ndarray:
+    return ((np.arange(size) * 31 + prod * 7 + seq) % 251).astype(np.uint8)
+
+
+_op = st.one_of(
+    st.tuples(st.just("put"), st.integers(0, 2), st.integers(0, 700)),
+    st.tuples(st.just("put_many"), st.integers(0, 2), st.lists(st.integers(0, 300), max_size=4)),
+    st.tuples(st.just("get"), st.booleans()),
+    st.tuples(st.just("get_many"), st.integers(1, 5)),
+    st.tuples(st.just("hold"),),
+    st.tuples(st.just("release"),),
+)
+
+
+@pytest.mark.timeout(120)
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@given(ops=st.lists(_op, max_size=80), capacity=st.sampled_from([1024, 2048, 4096]))
+def test_any_interleaving_delivers_exactly_once_in_order(ops, capacity):
+    name = f"hyp-{mp.current_process().pid}-{capacity}"
+    ring = RingConsumer.create(name, capacity=capacity)
+    prods = [RingProducer.attach(name) for _ in range(3)]
+    sent = [[] for _ in prods]  # sizes of the frames each producer got in
+    got = [[] for _ in prods]
+    held = []
+
+    def check(f):
+        assert f.array.dtype == np.uint8 and f.params[0] == len(f.array)
+        assert np.array_equal(f.array, _payload(f.sim_id, f.time_step, len(f.array)))
+        got[f.sim_id].append(f.time_step)
+
+    def put(k, size, many=None):
+        frames = [fr.Frame(k, len(sent[k]) + j, np.array([float(s)]), "x", _payload(k, len(sent[k]) + j, s))
+                  for j, s in enumerate([size] if many is None else many)]
+        for f in frames:  # put_nowait per frame; put_many when the ring is known to have room
+            try:
+                prods[k].put_nowait(f)
+            except Full:
+                return
+            sent[k].append(len(f.array))
+
+    try:
+        for op in ops:
+            if op[0] == "put":
+                put(op[1], op[2])
+            elif op[0] == "put_many":
+                put(op[1], None, op[2])
+            elif op[0] == "get":
+                try:
+                    f = ring.get_nowait(copy=op[1])
+                except Empty:
+                    continue
+                check(f)
+                if not op[1]:
+                    f.release()
+            elif op[0] == "get_many":
+                try:
+                    fs = ring.get_many(op[1], timeout=0)
+                except Empty:
+                    continue
+                assert 1 <= len(fs) <= op[1]
+                for f in fs:
+                    check(f)
+            elif op[0] == "hold":
+                try:
+                    f = ring.get_nowait(copy=False)
+                except Empty:
+                    continue
+                check(f)
+                held.append(f)
+            elif held:
+                held.pop(0).release()
+        for f in held:
+            f.release()
+        while True:
+            try:
+                check(ring.get_nowait())
+            except Empty:
+                break
+        for k in range(3):
+            assert got[k] == list(range(len(sent[k]))), f"producer {k}: lost, duplicated or reordered"
+    finally:
+        for p in prods:
+            p.close()
+        ring.close()
+
+
+def test_put_many_and_get_many_wrap_around(ring_name):
+    with RingConsumer.create(ring_name, capacity=8192) as ring, RingProducer.attach(ring_name) as p:
+        out = []
+        for rnd in range(50):
+            frames = [fr.Frame(0, rnd * 5 + i, array=np.full(100 + 37 * i, i, np.int16))
+                      for i in range(5)]
+            p.put_many(frames, timeout=1)
+            while len(out) < (rnd + 1) * 5:
+                out += ring.get_many(3, timeout=1)
+        assert [f.time_step for f in out] == list(range(250))
+        assert all(np.all(f.array == f.time_step % 5) for f in out)
+
+
+def test_backpressure_full_then_room(ring_name):
+    with RingConsumer.create(ring_name, capacity=4096) as ring, RingProducer.attach(ring_name) as p:
+        f = fr.Frame(0, 0, array=np.zeros(800, np.uint8))
+        n = 0
+        with pytest.raises(Full, match="stayed full"):
+            while True:
+                p.put(f, timeout=0.05)
+                n += 1
+        assert n >= 3
+        ring.get()
+        p.put_nowait(f)  # one slot freed: fits again
+        assert len(ring.get_many(100, timeout=0)) == n
+
+
+def test_frame_larger_than_ring_is_a_clear_error(ring_name):
+    with RingConsumer.create(ring_name, capacity=4096) as ring, RingProducer.attach(ring_name) as p:
+        with pytest.raises(Full, match="does not fit ring") as e:
+            p.put(fr.Frame(0, 0, array=np.zeros(5000, np.uint8)))
+        assert e.value.name == ring_name
+        p.put(fr.Frame(0, 1, array=np.zeros(10, np.uint8)))
+        assert ring.get(timeout=1).time_step == 1
+
+
+def test_zero_copy_frames_hold_their_slot_until_released(ring_name):
+    with RingConsumer.create(ring_name, capacity=4096) as ring, RingProducer.attach(ring_name) as p:
+        big = fr.Frame(0, 0, array=np.arange(700, dtype=np.float32))  # ~2.9 KB of 4 KB
+        p.put(big)
+        view = ring.get(copy=False)
+        with pytest.raises(Full):
+            p.put_nowait(big)  # the held view keeps the space
+        assert view.array[699] == 699
+        view.release()
+        p.put_nowait(big)
+        assert ring.get().array[5] == 5
+
+
+def test_params_of_decoded_frames_are_read_only_and_correct(ring_name):
+    with RingConsumer.create(ring_name, capacity=1 << 16) as ring, RingProducer.attach(ring_name) as p:
+        for i in range(3):
+            p.put(fr.Frame(1, i, np.array([1.0, 2.0 + i]), "T", np.ones((2, 3), np.float64)))
+        fs = ring.get_many(10, timeout=1)
+        assert [f.params[1] for f in fs] == [2.0, 3.0, 4.0]
+        assert fs[0].array.shape == (2, 3)
+        with pytest.raises(ValueError):
+            fs[0].params[0] = 5.0
+
+
+def test_bad_frames_are_refused_before_anything_is_reserved(ring_name):
+    with RingConsumer.create(ring_name, capacity=4096) as ring, RingProducer.attach(ring_name) as p:
+        with pytest.raises(fr.FrameError, match="complex128") as e:
+            p.put(fr.Frame(0, 0, array=np.zeros(3, complex)))
+        assert e.value.value == np.dtype(complex)
+        with pytest.raises(fr.FrameError, match="bad magic"):
+            p.put_encoded(b"XXXX" + bytes(60))
+        with pytest.raises(Exception):
+            p.put(fr.Frame(0, 2 ** 70, array=np.zeros(3, np.uint8)))  # id out of range
+        p.put(fr.Frame(0, 7, array=np.zeros(3, np.uint8)))
+        assert ring.get(timeout=1).time_step == 7  # nothing half-written blocks the ring
+
+
+def test_closed_ends_raise(ring_name):
+    ring = RingConsumer.create(ring_name, capacity=4096)
+    p = RingProducer.attach(ring_name)
+    p.close()
+    with pytest.raises(ChannelError, match="closed"):
+        p.put(fr.Frame(0, 0))
+    ring.close()
+    with pytest.raises(ChannelError, match="closed"):
+        ring.get_nowait()
+
+
+def _produce(name, sim, n):
+    rng = np.random.default_rng(sim)
+    with RingProducer.attach(name, timeout=20) as p:
+        batch = []
+        for i in range(n):
+            a = rng.random(int(rng.integers(0, 3000)), dtype=np.float32)
+            f = fr.Frame(sim, i, np.array([float(zlib.crc32(a.tobytes()))]), "x", a)
+            if i % 3 == 0:
+                batch.append(f)
+                p.put_many(batch, timeout=20)
+                batch = []
+            else:
+                p.put(f, timeout=20)
+
+
+@pytest.mark.timeout(120)
+def test_eight_producer_processes_deliver_every_frame_once(ring_name):
+    n = 400
+    with RingConsumer.create(ring_name, capacity=512 << 10) as ring:
+        procs = [mp.get_context("spawn").Process(target=_produce, args=(ring_name, s, n))
+                 for s in range(8)]
+        for p in procs:
+            p.start()
+        got = {s: [] for s in range(8)}
+        while sum(map(len, got.values())) < 8 * n:
+            for f in ring.get_many(64, timeout=30, copy=False):
+                assert zlib.crc32(f.array.tobytes()) == int(f.params[0])
+                got[f.sim_id].append(f.time_step)
+                f.release()
+        for p in procs:
+            p.join(20)
+            assert p.exitcode == 0
+        assert all(v == list(range(n)) for v in got.values())
+        with pytest.raises(Empty):
+            ring.get(timeout=0.05)
+        assert ring.abandoned == 0
+
+
+@pytest.mark.timeout(60)
+def test_attach_waits_through_a_ring_still_being_created(ring_name):
+    """A producer that opens the file between O_CREAT and the magic retries instead of failing."""
+    import os
+    import threading
+    from onlinetrain.shm_channel import segment_path
+    fd = os.open(segment_path(ring_name), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    os.close(fd)  # exists, 0 bytes: what a producer sees at the start of RingConsumer.create
+    made = []
+    t = threading.Timer(0.5, lambda: made.append(RingConsumer.create(ring_name, capacity=1 << 16)))
+    t.start()
+    try:
+        with RingProducer.attach(ring_name, timeout=20) as p:
+            p.put(fr.Frame(0, 5))
+        t.join()
+        assert made[0].get(timeout=1).time_step == 5
+    finally:
+        t.join()
+        for r in made:
+            r.close()
