@@ -189,11 +189,12 @@ class Ledger:
 
     # -- changing ------------------------------------------------------------------------------
     def claim(self, worker: str, n: int = 1, worker_timeout: float = 30.0) -> list[dict]:
-        """Up to `n` pending sets, now running on `worker` (lowest ids first)."""
+        """Up to `n` pending sets, now running on `worker`, in the order they joined the study
+        (`ot run` adds its held-out validation sets first, so validation data comes early)."""
         with self._locked():
             self._sync()
             self._reclaim(worker_timeout)
-            todo = sorted(i for i, s in self.state.items() if s["state"] == PENDING)[:n]
+            todo = [i for i, s in self.state.items() if s["state"] == PENDING][:n]
             host, _, pid = worker.rpartition(":")
             self._append([{"ev": "claim", "id": i, "worker": worker, "pid": int(pid),
                            "pstart": _pstart(int(pid)) if host == HOST else 0.0} for i in todo])

@@ -38,6 +38,10 @@ def test_tiny_ot_run_trains_and_cleans_up(tiny_config, ring_name):
     assert ck["batches"] == s["batches"] and ck["config"]["solver"]["n"] == 12
     lines = [json.loads(x) for x in open(os.path.join(out, "metrics.jsonl"))]
     assert [m["batch"] for m in lines] == list(range(100, s["batches"] + 1, 100))
+    assert all(m["val_mse"] is not None for m in lines)  # held-out data comes first
+    claims = [json.loads(x)["id"] for x in open(os.path.join(out, "ledger.jsonl"))
+              if json.loads(x)["ev"] == "claim"]
+    assert sorted(claims[:3]) == [12, 13, 14]  # the validation sets are run first
     assert not os.path.exists(segment_path(ring_name))
 
 
