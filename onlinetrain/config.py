@@ -297,7 +297,9 @@ def from_dict(data: dict, source: str = "config") -> Config:
             sections[sec] = cls(**values)
         except TypeError as e:
             raise ConfigError(f"{source}: [{sec}]: {e}", sec, values) from None
-    return Config(**sections)
+    cfg = Config(**sections)
+    cfg.given = frozenset(f"{s}.{k}" for s, v in data.items() for k in v)  # keys set explicitly
+    return cfg
 
 
 def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:

@@ -203,10 +203,11 @@ def sim_script() -> str:
            'exec "$@"\n'
 
 
-def trainer_command(python: str, study_dir: str, url: str) -> list[str]:
-    """`ot train` on the study's resolved config; the driver is its one producer (STREAM_END)."""
+def trainer_command(python: str, study_dir: str, url: str, resume: bool = False) -> list[str]:
+    """`ot train` on the study's resolved config; the driver is its one producer (STREAM_END).
+    `resume`: a restarted trainer continues from the newest good checkpoint in the study dir."""
     return [python, "-m", "onlinetrain", "train", "--config", str(Path(study_dir) / "study.toml"),
-            "--from", url, "--producers", "1", "--quiet"]
+            "--from", url, "--producers", "1", "--quiet", *(["--resume"] if resume else [])]
 
 
 # ---- the resolved config as TOML ---------------------------------------------------------------

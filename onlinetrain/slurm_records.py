@@ -61,14 +61,16 @@ class StudyRecord:
 
     def attempt(self, sim_id: int, attempt: int, outcome: str, reason: str = "", where: str = ""):
         """outcome: started | done | failed (will be restarted) | gave_up (failed for good) |
-        interrupted (stopped because the trainer restarted)."""
+        interrupted (stopped because the trainer restarted) | requeued (done, but its data was
+        lost with the trainer: it runs again)."""
         _append(self.dir / ATTEMPTS, {"sim": sim_id, "attempt": attempt, "outcome": outcome,
                                       "reason": reason, "where": where, "time": time.time()})
 
-    def trainer_attempt(self, attempt: int, outcome: str, reason: str = ""):
-        """The trainer's attempts: started | failed (restarted) | done | gave_up."""
+    def trainer_attempt(self, attempt: int, outcome: str, reason: str = "", **extra):
+        """The trainer's attempts: started | failed (restarted) | done | gave_up. A resumed start
+        carries resume_batch, resume_checkpoint and fully_received (simulation ids)."""
         _append(self.dir / ATTEMPTS, {"role": "trainer", "attempt": attempt, "outcome": outcome,
-                                      "reason": reason, "time": time.time()})
+                                      "reason": reason, **extra, "time": time.time()})
 
     def attempts(self) -> list[dict]:
         return _read(self.dir / ATTEMPTS)
@@ -77,7 +79,8 @@ class StudyRecord:
         done, failed, tries, last, trainer = set(), {}, {}, {}, []
         for a in self.attempts():
             if a.get("role") == "trainer":
-                trainer.append({k: a[k] for k in ("attempt", "outcome", "reason")})
+                trainer.append({k: a[k] for k in ("attempt", "outcome", "reason", "resume_batch")
+                                if k in a})
                 continue
             sid = a["sim"]
             last[sid] = a["outcome"]
@@ -85,6 +88,8 @@ class StudyRecord:
                 tries[sid] = tries.get(sid, 0) + 1
             elif a["outcome"] == "done":
                 done.add(sid)
+            elif a["outcome"] == "requeued":
+                done.discard(sid)
             elif a["outcome"] == "gave_up":
                 failed[sid] = a["reason"]
         running = sorted(s for s, o in last.items() if o == "started")

@@ -10,7 +10,10 @@ the user's own salloc / sbatch) and runs the trainer and the simulations, restar
   node failure, timeout) is started again up to slurm.max_restarts times, then given up: the trainer
   gets a SIM_FAILED frame so it never waits for it, and the record keeps the reason;
 - when every simulation is done or given up, the trainer gets STREAM_END, finishes and writes its
-  checkpoint; the driver writes result.json and exits with the trainer's status.
+  checkpoint; the driver writes result.json and exits with the trainer's status;
+- a trainer step that fails is started again (up to slurm.max_restarts) with `--resume` when the
+  study dir holds a good checkpoint: only the simulations that checkpoint has not fully received
+  run again (train.checkpoint_every sets how much is lost); without one, all of them do.
 
 The channel is cfg.channel_url (default shm://<output.name>): shm works when the trainer and the
 simulations share a node; set channel.url = "tcp://HOST:PORT" for a multi-node cluster.
@@ -29,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import checkpoint
 from . import config as C
 from . import frame as fr
 from . import slurm as S
@@ -167,14 +171,22 @@ class Driver:
     def _trainer_log(self, attempt: int) -> Path:
         return self.d / "logs" / f"trainer-a{attempt}.log"
 
-    def _start_trainer(self, attempt: int):
+    def _start_trainer(self, attempt: int, ck: dict | None = None):
         url = self.cfg.channel_url
         if parse_url(url).scheme == "shm":
             clean_stale(parse_url(url).name)
-        self.rec.trainer_attempt(attempt, "started")
+        if ck is None:
+            self.rec.trainer_attempt(attempt, "started")
+        else:
+            fully = sorted(checkpoint.fully_received(ck))
+            self.rec.trainer_attempt(
+                attempt, "started", f"--resume from {Path(ck['path']).name} at batch "
+                f"{ck['batches']}; {len(fully)} simulations fully received",
+                resume_batch=int(ck["batches"]), resume_checkpoint=ck["path"], fully_received=fully)
         logf = open(self._trainer_log(attempt), "wb")
-        self.trainer = spawn(S.srun_argv(S.trainer_command(self.python, str(self.d), url), "trainer",
-                                         self.trainer_group), stdout=logf, stderr=subprocess.STDOUT)
+        argv = S.trainer_command(self.python, str(self.d), url, resume=ck is not None)
+        self.trainer = spawn(S.srun_argv(argv, "trainer", self.trainer_group), stdout=logf,
+                             stderr=subprocess.STDOUT)
         logf.close()
         deadline = time.monotonic() + self.cfg.channel.connect_timeout + 120  # + torch import
         while True:
@@ -182,12 +194,16 @@ class Driver:
                 self.producer = open_producer(url, timeout=1.0)
                 return
             except ChannelNotFound:
+                if self.trainer.poll() == 0:  # resumed with nothing left to do: it finished
+                    return
                 if self.trainer.poll() is not None or time.monotonic() > deadline:
                     raise S.SlurmError(f"the trainer never opened {url} ("
                                        f"{describe_exit(self.trainer.poll())}; see "
                                        f"{self._trainer_log(attempt)})", url) from None
 
     def _notify(self, kind: int, sid: int, reason: str):
+        if self.producer is None:  # the trainer finished before we connected
+            return
         try:
             self.producer.put(fr.Frame(sid, 0, np.zeros(0), reason[:200] or "-",
                                        np.zeros(0, np.float32), kind), timeout=30)
@@ -210,23 +226,29 @@ class Driver:
         pending = deque(x["id"] for x in self.sets)
         self.tries: dict[int, int] = {}  # sim id -> index of its latest attempt
         self.fails: dict[int, int] = {}  # sim id -> failed attempts
-        trainer_attempt = 0
+        trainer_attempt, ck = 0, None
+        if checkpoint.list_checkpoints(self.d):  # `submit` clears them: the driver was resubmitted
+            ck = self._resume_point("driver started again on a study with checkpoints")
+            pending = self._requeue(ck)
         while True:
-            self._start_trainer(trainer_attempt)
+            self._start_trainer(trainer_attempt, ck)
+            if ck is not None:  # given up after the checkpoint: tell the new trainer again
+                known = {int(k) for k in ck["receiver"]["sims_failed"]}
+                for sid in sorted(set(self.failed) - known):
+                    self._notify(fr.SIM_FAILED, sid, self.failed[sid])
             code = self._run_sims(pending, params)
             if code == 0 or trainer_attempt >= s.max_restarts:
                 break
             why = f"{describe_exit(code)}: {_tail(self._trainer_log(trainer_attempt))}"
-            log.warning("trainer failed (%s); restarting it with every simulation", why)
             self.rec.trainer_attempt(trainer_attempt, "failed", why)
-            # no --resume yet: the new trainer needs every simulation's data again
-            for sid in list(self.launcher.sids()):
+            for sid in list(self.launcher.sids()):  # their data went to the dead trainer
                 self.rec.attempt(sid, self.tries[sid], "interrupted", "trainer restarted")
             self.launcher.stop_all()
-            self.producer.close()
+            if self.producer is not None:
+                self.producer.close()
             self.producer = None
-            pending = deque(x["id"] for x in self.sets if x["id"] not in self.failed)
-            self.done = []
+            ck = self._resume_point(f"trainer failed ({why})")
+            pending = self._requeue(ck)
             trainer_attempt += 1
         self.rec.trainer_attempt(trainer_attempt, "done" if code == 0 else "gave_up",
                                  describe_exit(code))
@@ -236,6 +258,39 @@ class Driver:
         if code != 0:
             result["trainer_log"] = _tail(self._trainer_log(trainer_attempt), 400)
         return result
+
+    def _resume_point(self, what: str) -> dict | None:
+        """The newest good checkpoint of the dead trainer (the new one resumes from it), or None:
+        then the new trainer starts from scratch (unusable checkpoints are moved aside)."""
+        try:
+            ck = checkpoint.load_latest(self.d)
+        except checkpoint.CheckpointError as e:
+            bad = self.d / f"{checkpoint.DIRNAME}.bad-{int(time.time())}"
+            (self.d / checkpoint.DIRNAME).rename(bad)
+            log.warning("%s; %s; moved to %s: starting the trainer from scratch with every "
+                        "simulation", what, e, bad)
+            return None
+        if ck is None:
+            log.warning("%s; no checkpoint in %s (train.checkpoint_every = %d): starting the "
+                        "trainer from scratch with every simulation", what,
+                        self.d / checkpoint.DIRNAME, self.cfg.train.checkpoint_every)
+            return None
+        log.warning("%s; starting the trainer with --resume from %s (batch %d)", what,
+                    ck["path"], ck["batches"])
+        return ck
+
+    def _requeue(self, ck: dict | None) -> deque:
+        """The simulations a restarted trainer still needs: all but those given up and those its
+        checkpoint holds fully (those stay done and are not run again)."""
+        fully = checkpoint.fully_received(ck)
+        for sid in self.done:
+            if sid not in fully:
+                self.rec.attempt(sid, self.tries[sid], "requeued", "its data is not in the "
+                                 "checkpoint the trainer resumes from" if ck else "trainer restarted"
+                                 " from scratch")
+        ids = [x["id"] for x in self.sets]
+        self.done = [i for i in ids if i in fully and i not in self.failed]
+        return deque(i for i in ids if i not in fully and i not in self.failed)
 
     def _run_sims(self, pending: deque, params: dict) -> int:
         """Keep job_limit simulations running until all are done or given up, or the trainer

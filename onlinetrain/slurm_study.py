@@ -13,11 +13,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from . import checkpoint
 from . import slurm as S
 from .channel import parse_url
 from .runner import study_sets
@@ -43,19 +45,35 @@ def _project_root() -> str:
     return str(Path(__file__).resolve().parents[1])
 
 
+def checkpoint_every(cfg) -> int:
+    """train.checkpoint_every of a Slurm study: the config's value when it sets one (0 included:
+    no periodic checkpoints), else max(1, train.max_batches // 20), so a trainer that dies loses
+    at most ~5% of its batches and a restarted one resumes (`--resume`) instead of starting over."""
+    if cfg.train.checkpoint_every or "train.checkpoint_every" in getattr(cfg, "given", ()):
+        return cfg.train.checkpoint_every
+    return max(1, cfg.train.max_batches // 20)
+
+
 def prepare(cfg) -> Path:
-    """Write the study directory: resolved config (TOML), parameter sets, the sbatch scripts."""
+    """Write the study directory: resolved config (TOML), parameter sets, the sbatch scripts.
+    A new submission starts afresh: checkpoints and metrics of an earlier one are removed."""
     d = Path(cfg.output.dir).resolve()
     (d / "logs").mkdir(parents=True, exist_ok=True)
     cfg.output.dir = str(d)
     cfg.validation.first_id = cfg.sampling.n_train  # held out: the ids after the training ids
     cfg.validation.every = 0
+    cfg.train.checkpoint_every = checkpoint_every(cfg)
+    if cfg.train.checkpoint_every == 0:
+        log.warning("train.checkpoint_every = 0: a trainer that dies without an exit checkpoint "
+                    "(SIGKILL, node failure) is restarted from scratch and every simulation runs "
+                    "again")
+    shutil.rmtree(d / checkpoint.DIRNAME, ignore_errors=True)  # never resume an older submission
     python = cfg.slurm.python or sys.executable
     (d / "study.toml").write_text(S.to_toml(cfg.to_dict()))
     (d / "params.jsonl").write_text(to_jsonl(study_sets(cfg)))
     (d / S.DRIVER_SCRIPT).write_text(S.driver_script(cfg, str(d), python, _project_root()))
     (d / S.SIM_SCRIPT).write_text(S.sim_script())
-    for f in ("result.json", "summary.json", "checkpoint.pt"):
+    for f in ("result.json", "summary.json", "checkpoint.pt", "metrics.jsonl"):
         (d / f).unlink(missing_ok=True)
     StudyRecord(d).reset()
     return d

@@ -17,6 +17,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from onlinetrain import checkpoint
 from onlinetrain import slurm as S
 from tests.slurm_cluster import SlurmCluster
 
@@ -36,6 +37,7 @@ seed = 1
 [channel]
 connect_timeout = 60.0
 [buffer]
+kind = "{buffer}"
 capacity = 200
 watermark = 60
 [model]
@@ -44,7 +46,8 @@ hidden = 16
 batch_size = 16
 lr_milestones = [100]
 max_batches = 30
-val_every = 10
+val_every = {val_every}
+{train_extra}
 [output]
 dir = "{dir}"
 name = "{name}"
@@ -78,10 +81,12 @@ def study(tmp_path, ring_name, cluster):
     marks = tmp_path / "marks"
     marks.mkdir()
 
-    def make(mode="global", max_restarts=2, **faults):
+    def make(mode="global", max_restarts=2, buffer="reservoir", val_every=10, train_extra="",
+             **faults):
         d = tmp_path / "study"
         cfg = tmp_path / "study.toml"
-        cfg.write_text(TOML.format(dir=d, name=ring_name, mode=mode, max_restarts=max_restarts))
+        cfg.write_text(TOML.format(dir=d, name=ring_name, mode=mode, max_restarts=max_restarts,
+                                   buffer=buffer, val_every=val_every, train_extra=train_extra))
         env = {**os.environ, "PYTHONPATH": str(ROOT), "OT_TEST_MARKS": str(marks),
                **{f"OT_TEST_{k.upper()}": str(v) for k, v in faults.items()}}
         return cfg, d, env, marks
@@ -162,11 +167,20 @@ def test_global_hetjob_study_restarts_a_cancelled_step(study, ring_name):
 
 
 @pytest.mark.timeout(180)
-def test_killed_trainer_is_restarted_and_gets_every_simulation_again(study, ring_name):
-    cfg, d, env, marks = study("global", max_restarts=1, hang=3)
+def test_killed_trainer_resumes_from_its_checkpoint_and_reruns_only_what_it_lost(study, ring_name):
+    # FIFO: each training sample is served once, so the batch count is fixed by the data: while
+    # sim 3 hangs after 2 steps the trainer holds 5 * 10 + 2 = 52 samples = 3 batches of 16 and
+    # waits; it checkpoints every batch (all kept, to read the one it resumes from afterwards).
+    cfg, d, env, marks = study("global", max_restarts=1, hang=3, buffer="fifo", val_every=1,
+                               train_extra="checkpoint_every = 1\nkeep_checkpoints = 100")
     p = submit_bg(cfg, env)
     try:
         wait_for(marks / "hang-3-a0")
+        deadline = time.monotonic() + 60  # every other simulation done, batch 3 checkpointed
+        while not ({a["sim"] for a in attempts(d) if a["outcome"] == "done"} == set(ALL_IDS) - {3}
+                   and (d / "checkpoints" / "ckpt-000000003.sha256").exists()):
+            assert time.monotonic() < deadline, attempts(d)
+            time.sleep(0.1)
         trainer = [q for q in study_procs(f"shm://{ring_name}")
                    if "train" in q.cmdline() and "srun" not in q.cmdline()[0]]
         assert len(trainer) == 1, [q.cmdline() for q in trainer]
@@ -179,16 +193,44 @@ def test_killed_trainer_is_restarted_and_gets_every_simulation_again(study, ring
     assert p.returncode == 0, out + err
     res = json.loads((d / "result.json").read_text())
     assert res["status"] == "completed" and res["trainer_restarts"] == 1
-    assert res["done"] == ALL_IDS
+    assert res["done"] == ALL_IDS  # each once
+    trainer_rec = [a for a in map(json.loads, (d / "attempts.jsonl").read_text().splitlines())
+                   if a.get("role") == "trainer"]
+    assert [t["outcome"] for t in trainer_rec] == ["started", "failed", "started", "done"]
+    assert "SIGKILL" in trainer_rec[1]["reason"] or "137" in trainer_rec[1]["reason"]
+    # the restarted trainer got --resume and continued from the checkpointed batch, not from 0
+    resumed = trainer_rec[2]
+    assert resumed["resume_batch"] == 3, resumed
+    assert "resumed from" in (d / "logs" / "trainer-a1.log").read_text() and \
+        "at batch 3 " in (d / "logs" / "trainer-a1.log").read_text()
+    ck = checkpoint.load(d / "checkpoints" / "ckpt-000000003.pt")
+    fully = checkpoint.fully_received(ck)
+    assert resumed["fully_received"] == sorted(fully)
+    assert {0, 1, 2, 4} <= fully and 3 not in fully  # done before batch 3's samples arrived
+    metrics = [json.loads(ln)["batch"] for ln in (d / "metrics.jsonl").read_text().splitlines()]
     summary = json.loads((d / "summary.json").read_text())
-    assert summary["sims_done"] == 8  # the second trainer got every simulation
+    assert summary["batches"] == 4 and metrics == [1, 2, 3, 4]  # 60 samples; no batch repeated
+    # the trainer's accounting: every (simulation, step) taken exactly once across the crash
+    assert summary["sims_done"] == 8 and summary["sims_failed"] == 0
+    assert summary["samples_received"] == 8 * 10 and summary["buffer"]["served"] == 6 * 10
+    final = checkpoint.load_latest(d)
+    assert checkpoint.fully_received(final) == set(ALL_IDS)
+    seen = final["receiver"]["seen"].numpy().tolist()
+    assert sorted(map(tuple, seen)) == [(s, k) for s in ALL_IDS for k in range(1, 11)]
+    lost = [k for k in ck["receiver"]["seen"].numpy().tolist() if k[0] not in fully]
+    assert lost  # sim 3's two steps at least: re-sent by its rerun, dropped as duplicates
+    assert summary["duplicates_dropped"] == ck["receiver"]["duplicates"] + len(lost)
+    # simulations fully received before the crash ran once; the others ran again
+    for sid in ALL_IDS:
+        outcomes = [a["outcome"] for a in attempts(d) if a["sim"] == sid]
+        if sid in fully:
+            assert outcomes == ["started", "done"], (sid, outcomes)
+        else:
+            assert outcomes.count("started") == 2 and outcomes[-1] == "done", (sid, outcomes)
+    three = [a["outcome"] for a in attempts(d) if a["sim"] == 3]
+    assert three == ["started", "interrupted", "started", "done"]
     st = json.loads(ot("slurm", "status", d, "--json", env=env).stdout)
-    assert [t["outcome"] for t in st["simulations"]["trainer"]] == ["started", "failed", "started",
-                                                                    "done"]
-    assert "SIGKILL" in st["simulations"]["trainer"][1]["reason"] or \
-        "137" in st["simulations"]["trainer"][1]["reason"]
-    three = [a["outcome"] for a in attempts(d) if a.get("sim") == 3]
-    assert three[:2] == ["started", "interrupted"] and three[-1] == "done"
+    assert st["simulations"]["done"] == ALL_IDS and st["simulations"]["trainer"][2]["resume_batch"] == 3
     assert (d / "checkpoint.pt").exists()
     assert not study_procs(f"shm://{ring_name}")
 
@@ -262,3 +304,14 @@ def test_submit_inside_an_existing_allocation_runs_there(study, tmp_path):
     assert res["status"] == "completed" and res["done"] == ALL_IDS
     assert not (d / "jobs.jsonl").exists()  # nothing was submitted: it ran in the allocation
     assert (d / "checkpoint.pt").exists()
+    # the driver's script run again by hand continues the study from its checkpoint: the trainer
+    # resumes at its last batch and no simulation runs again (all were fully received)
+    r = subprocess.run(["sbatch", "--parsable", "--wait", str(d / S.DRIVER_SCRIPT)], env=env,
+                       capture_output=True, text=True, timeout=140)
+    assert r.returncode == 0, r.stderr + "".join(p.read_text() for p in (d / "logs").glob("*"))
+    res = json.loads((d / "result.json").read_text())
+    assert res["status"] == "completed" and res["done"] == ALL_IDS
+    assert len([a for a in attempts(d) if a["outcome"] == "started"]) == len(ALL_IDS)
+    trainer = [a for a in map(json.loads, (d / "attempts.jsonl").read_text().splitlines())
+               if a.get("role") == "trainer"]
+    assert trainer[-2]["resume_batch"] == 30 and trainer[-1]["outcome"] == "done"

@@ -64,6 +64,9 @@ def test_srun_and_sbatch_argv_are_lists():
     sb = S.sim_sbatch_argv("/s/ot-sim.sbatch", "ot-a-sim1", "/s/l-%j.log", ["--time=5"], ["py", "x"])
     assert sb[:2] == ["sbatch", "--parsable"] and sb[-3:] == ["/s/ot-sim.sbatch", "py", "x"]
     assert "--time=5" in sb and "--job-name=ot-a-sim1" in sb
+    t = S.trainer_command("py", "/s", "shm://x")
+    assert t[:4] == ["py", "-m", "onlinetrain", "train"] and "--resume" not in t
+    assert S.trainer_command("py", "/s", "shm://x", resume=True) == t + ["--resume"]
 
 
 def _cfg(mode, **slurm):
@@ -121,9 +124,16 @@ def test_study_record_summary(tmp_path):
     r.attempt(2, 0, "started")
     r.attempt(2, 0, "gave_up", "exit code 1")
     r.attempt(3, 0, "started")
+    r.attempt(5, 0, "started")
+    r.attempt(5, 0, "done")
+    r.attempt(5, 0, "requeued", "its data is not in the checkpoint")  # the trainer lost it
+    r.attempt(5, 1, "started")
+    r.trainer_attempt(1, "started", "--resume", resume_batch=7, fully_received=[1])
     (tmp_path / "attempts.jsonl").open("a").write('{"sim": 4, "outc')  # cut short by a crash
     assert r.summary() == {"done": [1], "failed": {2: "exit code 1"},
-                           "attempts": {1: 2, 2: 1, 3: 1}, "running": [3], "trainer": []}
+                           "attempts": {1: 2, 2: 1, 3: 1, 5: 2}, "running": [3, 5],
+                           "trainer": [{"attempt": 1, "outcome": "started", "reason": "--resume",
+                                        "resume_batch": 7}]}
     r.job("12", "driver")
     assert [j["job"] for j in r.jobs()] == ["12"]
     r.reset()
@@ -144,6 +154,15 @@ def test_submit_dry_run_writes_the_study_and_prints_the_script(tmp_path, monkeyp
     assert len((d / "params.jsonl").read_text().splitlines()) == 4
     study = C.load(d / "study.toml")
     assert study.output.dir == str(d) and study.validation.first_id == 3
+    assert study.train.checkpoint_every == 3000 // 20  # Slurm default: a restart can resume
+
+
+@pytest.mark.parametrize("train, want", [({}, 150), ({"max_batches": 10}, 1),
+                                         ({"checkpoint_every": 0}, 0),
+                                         ({"checkpoint_every": 7}, 7)])
+def test_slurm_checkpoint_every_defaults_unless_the_config_sets_it(train, want):
+    from onlinetrain.slurm_study import checkpoint_every
+    assert checkpoint_every(C.from_dict({"train": train})) == want
 
 
 def test_status_of_a_directory_that_is_no_study_says_so(tmp_path):
