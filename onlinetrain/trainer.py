@@ -73,7 +73,9 @@ class Receiver(threading.Thread):
         try:
             while not self.stop_event.is_set() and not self.stream_ended:
                 try:
-                    frames = self.consumer.get_many(256, timeout=0.2)
+                    # zero-copy where the channel offers it (shm ring): the adapter's output is
+                    # copied into the buffer / validation set, then the slot is released
+                    frames = self.consumer.get_many(256, timeout=0.2, copy=False)
                 except Empty:
                     idle = time.monotonic() - self.last_frame
                     if idle > self.cfg.channel.idle_timeout:
@@ -87,8 +89,12 @@ class Receiver(threading.Thread):
                     continue
                 self.last_frame = time.monotonic()
                 for f in frames:
-                    with self.lock:
-                        self.handle(f)
+                    try:
+                        with self.lock:
+                            self.handle(f)
+                    finally:
+                        if hasattr(f, "release"):
+                            f.release()
         except BaseException as e:  # surfaced by the training loop
             self.error = e
         finally:
@@ -121,7 +127,7 @@ class Receiver(threading.Thread):
         if self.cfg.validation.is_validation(f.sim_id):
             self.seen.add(f.key)
             self.samples += 1
-            self.val[f.key] = (x, y)
+            self.val[f.key] = (x.copy(), y.copy())  # x, y may view the channel's memory
             return
         if self.y_sum is None:
             self.y_sum = np.zeros_like(y, dtype=np.float64)

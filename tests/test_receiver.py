@@ -1,0 +1,40 @@
+"""The trainer's receiver reads the ring zero-copy: nothing it keeps may still view ring memory."""
+import numpy as np
+import pytest
+
+from onlinetrain import config, frame as fr
+from onlinetrain.reservoir import make_buffer
+from onlinetrain.shm_channel import RingConsumer, RingProducer
+from onlinetrain.trainer import Receiver
+
+
+def view_adapter(frame, cfg):
+    """An adapter that returns views of the frame (allowed: the receiver must copy)."""
+    return frame.array[:2], frame.array
+
+
+@pytest.mark.timeout(60)
+def test_samples_and_validation_survive_slot_reuse(ring_name):
+    cfg = config.load(None, {"validation.every": 2, "simulate.producers": 1})
+    # a ring of 64 KiB holds ~15 of these frames, so slots are reused many times over
+    with RingConsumer.create(ring_name, capacity=64 << 10) as ring, \
+            RingProducer.attach(ring_name) as prod:
+        buf = make_buffer("fifo", capacity=1000)
+        rx = Receiver(ring, buf, cfg, view_adapter)
+        rx.start()
+        sent = {}
+        for sid in range(4):
+            for step in range(1, 41):
+                a = np.full(1000, sid * 1000 + step, np.float32)
+                sent[(sid, step)] = a
+                prod.put(fr.Frame(sid, step, np.zeros(1), "T", a))
+        prod.put(fr.Frame(-1, 0, np.zeros(0), "end", np.zeros(0, np.float32), fr.STREAM_END))
+        rx.join(20)
+        assert not rx.is_alive() and rx.error is None
+    assert rx.samples == 160 and len(rx.val) == 80  # sims 1 and 3 are held out
+    for key, (x, y) in rx.val.items():
+        assert np.array_equal(y, sent[key]) and np.array_equal(x, sent[key][:2])
+    b = buf.get_batch(1000)
+    assert len(b.keys) == 80
+    for k, y in zip(map(tuple, b.keys), b.y):
+        assert np.array_equal(y, sent[k])
