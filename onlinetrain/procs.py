@@ -4,8 +4,9 @@
     ...
     terminate(p, grace=3.0)        # SIGTERM to the whole group, then SIGKILL after `grace`
 
-Never shell=True. A child runs in its own session (start_new_session) so that a signal to its
-group reaches everything it started (e.g. an MPI launcher and its ranks) and nothing else.
+Never through a shell (argv lists only). A child runs in its own session (start_new_session) so
+that a signal to its group reaches everything it started (e.g. an MPI launcher and its ranks) and
+nothing else.
 """
 from __future__ import annotations
 
