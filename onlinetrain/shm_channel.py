@@ -47,6 +47,10 @@ __all__ = ["RingProducer", "RingConsumer", "RingFrame", "ChannelError", "Channel
 log = logging.getLogger(__name__)
 
 _IDS = struct.Struct("<qq")  # sim_id, time_step at byte 16 of a frame
+_IDS_AT, _IDS_END = 16, 32
+# a slot header (6 words, 2 zero words) followed by a frame's first 32 bytes (16 + sim_id, time_step)
+_SLOT_IDS = struct.Struct("<6Q16x16sqq")
+_monotonic = time.monotonic
 CONSUMER_CHECK_S = 0.5  # producers check the consumer's liveness this often, full ring or not
 
 class RingProducer:
@@ -59,6 +63,7 @@ class RingProducer:
         self.ptime = f2u(proc_start(self.pid))
         self.producer_id = int.from_bytes(os.urandom(7), "little")
         self._enc = fr.Encoder()
+        self._hdr = self._head = self._tail = None
         self._next_check = time.monotonic() + CONSUMER_CHECK_S
         self.test_hook_after_reserve = None  # tests widen the crash window with this
 
@@ -171,30 +176,48 @@ class RingProducer:
     def put(self, f: fr.Frame, timeout: float | None = None) -> None:
         """Write one frame; blocks while the ring is full (up to `timeout`, then raises Full)."""
         seg = self.seg
-        if seg is None or seg.ctl[C_CLOSED] or time.monotonic() >= self._next_check:
+        if seg is None or seg.ctl[C_CLOSED] or _monotonic() >= self._next_check:
             self._ready()
             seg = self.seg
         hdr, arr = self._enc.prepare(f)  # validates before anything is reserved
-        nbytes = len(hdr) + arr.nbytes
+        if hdr is not self._hdr:  # the frame header's constant parts, split around the ids
+            self._hdr, self._head, self._tail = hdr, hdr[:_IDS_AT], hdr[_IDS_END:]
+        nb = arr.nbytes
+        nbytes = len(hdr) + nb
         slot = SLOT_HDR + ((nbytes + 63) & ~63)
-        ctl, cap = seg.ctl, seg.capacity
-        seg.acquire()  # fast path: room without wrapping; everything else goes to _reserve
+        ctl, cap, data = seg.ctl, seg.capacity, seg.data
+        rc = seg.lock_call(seg.lock_arg)  # fast path: room without wrapping; else _reserve
         try:
+            if rc:
+                seg._recover(rc)
             w = ctl[C_WRITE]
             off = w % cap
             if off + slot <= cap and w + slot <= ctl[C_READ] + cap:
                 seq = ctl[C_SEQ]
-                SLOT.pack_into(seg.data, off, WRITING, nbytes, self.pid, seq, self.producer_id,
-                                self.ptime)
+                # slot header (state WRITING) and the frame's first 32 bytes, ids included, at once
+                _SLOT_IDS.pack_into(data, off, WRITING, nbytes, self.pid, seq, self.producer_id,
+                                    self.ptime, self._head, f.sim_id, f.time_step)
                 ctl[C_SEQ] = seq + 1
                 ctl[C_WRITE] = w + slot  # publish
             else:
                 off = -1
         finally:
-            seg.release()
+            seg.unlock_call(seg.lock_arg)
         if off < 0:
-            off = self._reserve((nbytes,), timeout)[0]
-        self._write(off, hdr, f, arr)
+            self._write(self._reserve((nbytes,), timeout)[0], hdr, f, arr)
+            return
+        start = off + SLOT_HDR + _IDS_END
+        end = off + SLOT_HDR + len(hdr)
+        try:
+            data[start:end] = self._tail
+            if nb:
+                data[end:end + nb] = arr.data.cast("B")
+            if self.test_hook_after_reserve is not None:
+                self.test_hook_after_reserve()
+        except BaseException:  # never leave a live WRITING slot behind: the consumer skips a PAD
+            seg.q[off >> 3] = PAD
+            raise
+        seg.q[off >> 3] = COMMITTED
 
     def put_nowait(self, f: fr.Frame) -> None:
         self.put(f, timeout=0.0)

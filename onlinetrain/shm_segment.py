@@ -139,6 +139,7 @@ def _load_pthread():
 
 
 _PT = _load_pthread()
+_RAW = ctypes.CDLL(None) if _PT is not None else None  # own handle: no argtypes on these
 _thread_locks: dict[str, threading.Lock] = {}
 
 
@@ -163,7 +164,8 @@ class Segment:
     """An open ring segment. `acquire()`/`release()` is the producers' reservation lock: a robust
     process-shared pthread mutex (its holder's death hands it to the next locker with EOWNERDEAD),
     or, where libc lacks those, `flock` on this process's own open file description plus a thread
-    lock. The kernel releases either when the holder dies, so a crash never deadlocks the ring."""
+    lock. The kernel releases either when the holder dies, so a crash never deadlocks the ring.
+    Hot paths call `rc = lock_call(lock_arg)` / `unlock_call(lock_arg)` directly (rc != 0: `_recover`)."""
 
     def __init__(self, name: str, fd: int, mm: mmap.mmap):
         self.name, self.fd, self.mm = name, fd, mm
@@ -176,14 +178,18 @@ class Segment:
         if self.ctl[C_LOCK_KIND] == 1:
             if _PT is None:
                 raise ChannelError(f"ring shm://{name} uses a pthread mutex this libc lacks", name)
-            addr, lock, unlock = _address(mm, MUTEX_AT), _PT["mutex_lock"], _PT["mutex_unlock"]
+            # hot path: argument-less foreign functions called with a prebuilt c_void_p (cheaper
+            # than argtypes conversion on every call); rc != 0 goes to _recover
+            arg = ctypes.c_void_p(_address(mm, MUTEX_AT))
+            lock, unlock = _RAW.pthread_mutex_lock, _RAW.pthread_mutex_unlock
 
             def acquire():
-                rc = lock(addr)
+                rc = lock(arg)
                 if rc:
                     self._recover(rc)
 
-            self.acquire, self.release = acquire, lambda: unlock(addr)
+            self.acquire, self.release = acquire, lambda: unlock(arg)
+            self.lock_call, self.unlock_call, self.lock_arg = lock, unlock, arg
         else:
             tlock = _thread_locks.setdefault(name, threading.Lock())
 
@@ -200,6 +206,12 @@ class Segment:
                 tlock.release()
 
             self.acquire, self.release = acquire, release
+
+            def lock_call(_):
+                acquire()
+                return 0
+
+            self.lock_call, self.unlock_call, self.lock_arg = lock_call, lambda _: release(), None
 
     def _recover(self, rc: int):
         if rc != EOWNERDEAD:
