@@ -64,6 +64,7 @@ class RingProducer:
         self.producer_id = int.from_bytes(os.urandom(7), "little")
         self._enc = fr.Encoder()
         self._hdr = self._head = self._tail = None
+        self._limit = 0  # read_pos + capacity as last seen (a lower bound of the true one)
         self._next_check = time.monotonic() + CONSUMER_CHECK_S
         self.test_hook_after_reserve = None  # tests widen the crash window with this
 
@@ -144,6 +145,10 @@ class RingProducer:
                            f"or stalled)", self.name)
             backoff.wait()
 
+    def _refresh_limit(self, ctl, cap) -> int:
+        self._limit = lim = ctl[C_READ] + cap
+        return lim
+
     def _check_consumer(self):
         if self.seg.ctl[C_CLOSED] or not self.seg.owner_alive():
             raise ConsumerGone(f"the consumer of shm://{self.name} (pid {self.seg.owner}) is gone; "
@@ -182,23 +187,26 @@ class RingProducer:
         hdr, arr = self._enc.prepare(f)  # validates before anything is reserved
         if hdr is not self._hdr:  # the frame header's constant parts, split around the ids
             self._hdr, self._head, self._tail = hdr, hdr[:_IDS_AT], hdr[_IDS_END:]
-        nb = arr.nbytes
-        nbytes = len(hdr) + nb
+        nb, hl = arr.nbytes, len(hdr)
+        nbytes = hl + nb
         slot = SLOT_HDR + ((nbytes + 63) & ~63)
         ctl, cap, data = seg.ctl, seg.capacity, seg.data
         rc = seg.lock_call(seg.lock_arg)  # fast path: room without wrapping; else _reserve
+        if rc:
+            seg._recover(rc)  # EOWNERDEAD: ours now, made consistent; anything else raises
         try:
-            if rc:
-                seg._recover(rc)
             w = ctl[C_WRITE]
             off = w % cap
-            if off + slot <= cap and w + slot <= ctl[C_READ] + cap:
+            end = w + slot
+            # read_pos only grows, so a stale copy of it is a safe lower bound: re-read the
+            # consumer's cache line only when that copy says the ring is full
+            if off + slot <= cap and (end <= self._limit or end <= self._refresh_limit(ctl, cap)):
                 seq = ctl[C_SEQ]
                 # slot header (state WRITING) and the frame's first 32 bytes, ids included, at once
                 _SLOT_IDS.pack_into(data, off, WRITING, nbytes, self.pid, seq, self.producer_id,
                                     self.ptime, self._head, f.sim_id, f.time_step)
                 ctl[C_SEQ] = seq + 1
-                ctl[C_WRITE] = w + slot  # publish
+                ctl[C_WRITE] = end  # publish
             else:
                 off = -1
         finally:
@@ -207,7 +215,7 @@ class RingProducer:
             self._write(self._reserve((nbytes,), timeout)[0], hdr, f, arr)
             return
         start = off + SLOT_HDR + _IDS_END
-        end = off + SLOT_HDR + len(hdr)
+        end = off + SLOT_HDR + hl
         try:
             data[start:end] = self._tail
             if nb:
