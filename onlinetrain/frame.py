@@ -211,12 +211,14 @@ class Encoder:
 
     def prepare(self, f: Frame) -> tuple[bytes, np.ndarray]:
         arr = f.array
-        if type(arr) is not np.ndarray or not arr.flags.c_contiguous or arr.dtype.byteorder == ">":
+        if type(arr) is not np.ndarray or not arr.flags.c_contiguous or \
+                (dt := arr.dtype).byteorder == ">":
             arr = _le_contiguous(arr)
+            dt = arr.dtype
         p = f.params
         pkey = p.tobytes() if type(p) is np.ndarray and p.dtype == _F8 else \
             np.ascontiguousarray(p, dtype="<f8").tobytes()
-        key = (arr.shape, arr.dtype.num, f.name, f.kind, pkey)
+        key = (arr.shape, dt.num, f.name, f.kind, pkey)
         hdr = self._cache.get(key)
         if hdr is None:
             hdr = encode_header(Frame(0, 0, f.params, f.name, arr, f.kind), arr.nbytes)

@@ -139,7 +139,8 @@ def _load_pthread():
 
 
 _PT = _load_pthread()
-_RAW = ctypes.CDLL(None) if _PT is not None else None  # own handle: no argtypes on these
+_RAW = ctypes.CDLL(None) if _PT is not None else None  # own handles: no argtypes on these
+_RAW_GIL = ctypes.PyDLL(None) if _PT is not None else None
 _thread_locks: dict[str, threading.Lock] = {}
 
 
@@ -179,9 +180,17 @@ class Segment:
             if _PT is None:
                 raise ChannelError(f"ring shm://{name} uses a pthread mutex this libc lacks", name)
             # hot path: argument-less foreign functions called with a prebuilt c_void_p (cheaper
-            # than argtypes conversion on every call); rc != 0 goes to _recover
+            # than argtypes conversion on every call); rc != 0 goes to _recover. trylock and
+            # unlock never block, so they keep the GIL (PyDLL, cheaper); only a contended lock
+            # waits in pthread_mutex_lock with the GIL released (CDLL): a thread of this process
+            # that holds the mutex must be able to run to unlock it.
             arg = ctypes.c_void_p(_address(mm, MUTEX_AT))
-            lock, unlock = _RAW.pthread_mutex_lock, _RAW.pthread_mutex_unlock
+            trylock, block = _RAW_GIL.pthread_mutex_trylock, _RAW.pthread_mutex_lock
+            unlock = _RAW_GIL.pthread_mutex_unlock
+
+            def lock(a):
+                rc = trylock(a)
+                return block(a) if rc == errno.EBUSY else rc
 
             def acquire():
                 rc = lock(arg)
