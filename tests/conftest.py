@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -11,6 +12,16 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+
+def wait_until(cond, timeout: float) -> bool:
+    """Poll `cond()` every 50 ms for up to `timeout` seconds; True as soon as it holds."""
+    t = time.monotonic() + timeout
+    while time.monotonic() < t:
+        if cond():
+            return True
+        time.sleep(0.05)
+    return False
 
 
 def _segments() -> set[str]:

@@ -4,7 +4,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import psutil
 import pytest
@@ -15,7 +14,7 @@ from onlinetrain.cli import main
 from onlinetrain.runner import run_study
 from onlinetrain.shm_channel import segment_path
 
-from conftest import ROOT
+from conftest import ROOT, wait_until
 
 OT = [sys.executable, "-m", "onlinetrain"]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -125,15 +124,6 @@ def test_failing_simulation_is_reported_not_awaited(tmp_path, ring_name):
     assert r.exit_code != 0 and "no training sample arrived" in r.output
 
 
-def _wait_for(cond, timeout):
-    t = time.monotonic() + timeout
-    while time.monotonic() < t:
-        if cond():
-            return True
-        time.sleep(0.05)
-    return False
-
-
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_ot_run_interrupted_leaves_nothing(tmp_path, ring_name, sig):
@@ -145,14 +135,14 @@ def test_ot_run_interrupted_leaves_nothing(tmp_path, ring_name, sig):
     p = subprocess.Popen(OT + ["run", str(cfg), "--out", str(tmp_path / "o")], env=ENV,
                          stderr=subprocess.PIPE, text=True)
     proc = psutil.Process(p.pid)
-    assert _wait_for(lambda: len(proc.children()) >= 2, 60), "no simulation started"
+    assert wait_until(lambda: len(proc.children()) >= 2, 60), "no simulation started"
     assert os.path.exists(segment_path(ring_name))
     kids = proc.children(recursive=True)
     p.send_signal(sig)
     assert p.wait(30) == 130
     assert "interrupted" in p.stderr.read()
     assert not os.path.exists(segment_path(ring_name))
-    assert _wait_for(lambda: not any(k.is_running() and k.status() != psutil.STATUS_ZOMBIE
+    assert wait_until(lambda: not any(k.is_running() and k.status() != psutil.STATUS_ZOMBIE
                                      for k in kids), 10)
 
 

@@ -16,7 +16,7 @@ from onlinetrain.ledger import Ledger, LedgerError, worker_id
 from onlinetrain.study import StudyDone, prepare_resume
 from onlinetrain.shm_channel import Empty, RingConsumer
 
-from conftest import ROOT
+from conftest import ROOT, wait_until
 
 OT = [sys.executable, "-m", "onlinetrain"]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -141,15 +141,6 @@ class Drain(threading.Thread):
                 pass
 
 
-def _wait_for(cond, timeout):
-    t = time.monotonic() + timeout
-    while time.monotonic() < t:
-        if cond():
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def _claims(study):
     ev = [json.loads(x) for x in (study / "ledger.jsonl").read_text().splitlines()]
     return [e for e in ev if e["ev"] == "claim"]
@@ -166,7 +157,7 @@ def test_two_worker_processes_never_run_a_set_twice(tmp_path, ring_name):
         workers = [subprocess.Popen(OT + ["simulate", "--study", str(study)], env=ENV,
                                     stderr=subprocess.PIPE, text=True) for _ in range(2)]
         # both workers hold a set before the gate opens, so both take part
-        assert _wait_for(lambda: len({c["worker"] for c in _claims(study)}) == 2, 60)
+        assert wait_until(lambda: len({c["worker"] for c in _claims(study)}) == 2, 60)
         gate.touch()
         for w in workers:
             assert w.wait(90) == 0, w.stderr.read()
@@ -195,9 +186,9 @@ def test_killed_worker_sets_are_reclaimed_by_another(tmp_path, ring_name):
     a = subprocess.Popen(OT + ["simulate", "--study", str(study)], env=ENV)
     b = None
     try:
-        assert _wait_for(lambda: len(_claims(study)) == 2, 60)
+        assert wait_until(lambda: len(_claims(study)) == 2, 60)
         sims = psutil.Process(a.pid).children()
-        assert _wait_for(lambda: len(psutil.Process(a.pid).children()) == 2, 30)
+        assert wait_until(lambda: len(psutil.Process(a.pid).children()) == 2, 30)
         sims = psutil.Process(a.pid).children()
         a.send_signal(signal.SIGKILL)  # the worker (its node) disappears: no cleanup at all
         a.wait()
@@ -274,10 +265,10 @@ steps = 3\n[sampling]\nn_train = 6\nn_validation = 0\n[simulate]\nconcurrency = 
                            text=True)
     extra = None
     try:
-        assert _wait_for(lambda: (study / "ledger.jsonl").exists() and _claims(study), 90)
+        assert wait_until(lambda: (study / "ledger.jsonl").exists() and _claims(study), 90)
         extra = subprocess.Popen(OT + ["simulate", "--study", str(study)], env=env,
                                  stderr=subprocess.PIPE, text=True)
-        assert _wait_for(lambda: len({c["worker"] for c in _claims(study)}) == 2, 60)
+        assert wait_until(lambda: len({c["worker"] for c in _claims(study)}) == 2, 60)
         gate.touch()
         assert extra.wait(90) == 0, extra.stderr.read()
         assert run.wait(90) == 0, run.stderr.read()
