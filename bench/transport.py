@@ -15,6 +15,9 @@ Rates are payload GB/s (1e9 B/s) from a common start (barrier) to the last frame
   mpq       multiprocessing.Queue of (header, payload bytes)
   memcpy    np.copyto of one frame's bytes on one core round a 64 MiB buffer: the one-copy limit
   memcpy-hot  the same into one frame-sized destination (cache-resident up to a few MB)
+  memcpy-shm  the same as memcpy into a /dev/shm mapping like the ring's (MAP_SHARED, populated):
+            the one-copy limit of any shared-memory transport (memcpy's destination is private
+            memory allocated by numpy, which may get transparent huge pages; tmpfs usually not).
 
 The last line is JSON with the named ratios (each against a baseline measured in this run).
 """
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import mmap
 import multiprocessing as mp
 import os
 import sys
@@ -159,18 +163,35 @@ def _run(kind, size, n, nprod):
     return n * size / dt / 1e9
 
 
-def _memcpy(size, n, hot):
-    """One core copying one frame's bytes: into the same destination (`hot`, cache-resident for
-    small frames) or round a 64 MiB buffer like the ring's (every destination line cold)."""
+def _memcpy(size, n, where):
+    """One core copying one frame's bytes: into the same destination ("hot", cache-resident for
+    small frames) or round a 64 MiB buffer like the ring's (every destination line cold), that
+    buffer being numpy's ("anon") or a populated /dev/shm mapping ("shm")."""
     src = np.ones(size, np.uint8)
-    span = size if hot else max(64 << 20, size)
-    dst = np.ones(span, np.uint8)
+    span = size if where == "hot" else max(64 << 20, size)
+    mm = None
+    if where == "shm":
+        fd, path = tempfile.mkstemp(prefix="ot-bench-memcpy-", dir="/dev/shm")
+        try:
+            os.posix_fallocate(fd, 0, span)
+            mm = mmap.mmap(fd, span, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0))
+        finally:
+            os.close(fd)
+            os.unlink(path)
+        dst = np.frombuffer(mm, np.uint8)
+        dst[:] = 1
+    else:
+        dst = np.ones(span, np.uint8)
     slots = span // size
     t0 = time.perf_counter()
     for i in range(n):
         o = (i % slots) * size
         np.copyto(dst[o:o + size], src)
-    return n * size / (time.perf_counter() - t0) / 1e9
+    rate = n * size / (time.perf_counter() - t0) / 1e9
+    if mm is not None:
+        del dst
+        mm.close()
+    return rate
 
 
 def _micro(n=4000, reps=5):
@@ -226,12 +247,13 @@ def main(argv=None):
                     n = max(volume[label] // size // (4 if kind == "mpq" else 1), 16)
                     r = _run(kind, size, n, nprod)
                     res[kind, nprod, label] = max(res.get((kind, nprod, label), 0.0), r)
-        for kind, hot in (("memcpy", False), ("memcpy-hot", True)):
+        for kind, where in (("memcpy", "anon"), ("memcpy-hot", "hot"), ("memcpy-shm", "shm")):
             for label, size in SIZES.items():
-                r = _memcpy(size, max(volume[label] // size // 2, 16), hot)
+                r = _memcpy(size, max(volume[label] // size // 2, 16), where)
                 res[kind, 1, label] = max(res.get((kind, 1, label), 0.0), r)
     print(f"{'transport':10} {'producers':>9} " + " ".join(f"{k:>9}" for k in SIZES) + "   (GB/s)")
-    for kind, nprod in [(k, p) for k in kinds for p in (1, 4)] + [("memcpy", 1), ("memcpy-hot", 1)]:
+    for kind, nprod in [(k, p) for k in kinds for p in (1, 4)] + [("memcpy", 1), ("memcpy-hot", 1),
+                                                                     ("memcpy-shm", 1)]:
         print(f"{kind:10} {nprod:9d} " + " ".join(f"{res[kind, nprod, k]:9.2f}" for k in SIZES))
     micro = _micro()
     print("us per 4 KB frame, one process: " + ", ".join(f"{k} {v}" for k, v in micro.items()))
@@ -243,6 +265,7 @@ def main(argv=None):
                 out[f"ring_over_zmq_{k}"] = round(res["ring", 1, k] / res["zmq", 1, k], 2)
                 out[f"ring_4p_over_zmq_4p_{k}"] = round(res["ring", 4, k] / res["zmq", 4, k], 2)
         out["ring_over_memcpy_8m"] = round(res["ring", 1, "8m"] / res["memcpy", 1, "8m"], 2)
+        out["ring_over_memcpy_shm_8m"] = round(res["ring", 1, "8m"] / res["memcpy-shm", 1, "8m"], 2)
         out["ring_over_memcpy_hot_8m"] = round(res["ring", 1, "8m"] / res["memcpy-hot", 1, "8m"], 2)
         out["ring_4p_over_1p_4k"] = round(res["ring", 4, "4k"] / res["ring", 1, "4k"], 2)
         out["ring_4p_over_1p_1m"] = round(res["ring", 4, "1m"] / res["ring", 1, "1m"], 2)

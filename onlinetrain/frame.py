@@ -235,37 +235,47 @@ class Encoder:
 class Decoder:
     """`decode` with the header parsed once per distinct header (ids excluded).
 
-    Frames of one simulation share their header, so the consumer pays one dict look-up per frame.
+    Frames of one simulation share their header, so the consumer compares the header with the
+    previous frame's (two byte-string compares) or, failing that, pays one dict look-up.
     The `params` array of a decoded frame is shared between such frames and is read-only.
     """
 
     def __init__(self, max_entries: int = 4096):
         self._cache: dict = {}
         self._max = max_entries
+        # previous frame: (length, first 16 bytes, header length, header bytes after the ids, ent)
+        self._last = (-1, None, 0, None, None)
 
     def decode_at(self, buf, offset: int, length: int, copy: bool = True, cls=Frame) -> Frame:
         """Decode the `length`-byte frame at `offset` of `buf` (an mmap, bytes or 'B' memoryview)."""
-        if length < FIXED_SIZE or offset + length > len(buf):
-            return decode(buf[offset:offset + length], copy)  # raises the clear error
-        hlen = buf[offset + 6] | buf[offset + 7] << 8
-        if hlen < FIXED_SIZE or hlen > length:
-            return decode(buf[offset:offset + length], copy)
-        key = bytes(buf[offset:offset + _IDS_AT]) + bytes(buf[offset + 32:offset + hlen])  # ids excluded
-        ent = self._cache.get(key)
-        if ent is None:
-            g = decode(buf[offset:offset + length], copy=False)
-            g.params.flags.writeable = False
-            ent = (g.kind, g.array.dtype, g.array.shape, g.array.size, g.params, g.name,
-                   length - hlen)
-            if len(self._cache) >= self._max:
-                self._cache.clear()
-            self._cache[key] = ent
-        kind, dtype, shape, count, params, name, payload = ent
-        if hlen + payload != length:
-            return decode(buf[offset:offset + length], copy)
+        last = self._last
+        hlen = last[2]
+        if length == last[0] and buf[offset:offset + _IDS_AT] == last[1] and \
+                buf[offset + 32:offset + hlen] == last[3]:
+            ent = last[4]  # the same header as the previous frame (the first 16 bytes hold hlen)
+        else:
+            if length < FIXED_SIZE or offset + length > len(buf):
+                return decode(buf[offset:offset + length], copy)  # raises the clear error
+            hlen = buf[offset + 6] | buf[offset + 7] << 8
+            if hlen < FIXED_SIZE or hlen > length:
+                return decode(buf[offset:offset + length], copy)
+            head, tail = bytes(buf[offset:offset + _IDS_AT]), bytes(buf[offset + 32:offset + hlen])
+            key = head + tail  # ids excluded
+            ent = self._cache.get(key)
+            if ent is None:
+                g = decode(buf[offset:offset + length], copy=False)
+                g.params.flags.writeable = False
+                ent = (g.kind, g.array.dtype, g.array.shape, g.array.size, g.params, g.name,
+                       length - hlen)
+                if len(self._cache) >= self._max:
+                    self._cache.clear()
+                self._cache[key] = ent
+            if hlen + ent[6] != length:
+                return decode(buf[offset:offset + length], copy)
+            self._last = (length, head, hlen, tail, ent)
+        kind, dtype, shape, count, params, name, _ = ent
         sim_id, time_step = _IDS.unpack_from(buf, offset + _IDS_AT)
-        start = offset + hlen
-        arr = np.frombuffer(buf, dtype, count, start)
+        arr = np.frombuffer(buf, dtype, count, offset + hlen)
         if copy:  # one copy into a fresh writable array
             arr = arr.copy()
         if len(shape) != 1:

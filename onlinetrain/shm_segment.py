@@ -166,7 +166,8 @@ class Segment:
     process-shared pthread mutex (its holder's death hands it to the next locker with EOWNERDEAD),
     or, where libc lacks those, `flock` on this process's own open file description plus a thread
     lock. The kernel releases either when the holder dies, so a crash never deadlocks the ring.
-    Hot paths call `rc = lock_call(lock_arg)` / `unlock_call(lock_arg)` directly (rc != 0: `_recover`)."""
+    Hot paths call `rc = lock_call(lock_arg)` / `unlock_call(lock_arg)` directly (rc != 0: `_recover`);
+    `trylock_call(lock_arg)` may instead return EBUSY (then call lock_call)."""
 
     def __init__(self, name: str, fd: int, mm: mmap.mmap):
         self.name, self.fd, self.mm = name, fd, mm
@@ -199,6 +200,7 @@ class Segment:
 
             self.acquire, self.release = acquire, lambda: unlock(arg)
             self.lock_call, self.unlock_call, self.lock_arg = lock, unlock, arg
+            self.trylock_call = trylock
         else:
             tlock = _thread_locks.setdefault(name, threading.Lock())
 
@@ -221,6 +223,7 @@ class Segment:
                 return 0
 
             self.lock_call, self.unlock_call, self.lock_arg = lock_call, lambda _: release(), None
+            self.trylock_call = lock_call  # blocks, never EBUSY
 
     def _recover(self, rc: int):
         if rc != EOWNERDEAD:

@@ -243,3 +243,55 @@ def test_attach_waits_through_a_ring_still_being_created(ring_name):
         t.join()
         for r in made:
             r.close()
+
+
+def test_header_caches_follow_every_change_between_consecutive_frames(ring_name):
+    """Producer and consumer reuse the previous frame's header when it looks the same; every field
+    that can change between two frames (even of the same objects, mutated in place) must show."""
+    ring = RingConsumer.create(ring_name, 1 << 20)
+    prod = RingProducer.attach(ring_name)
+    try:
+        p = np.array([1.0, 2.0])
+        a = np.arange(12, dtype=np.float32)
+        sent = []
+
+        def put(f):
+            sent.append((f.sim_id, f.time_step, f.params.copy(), f.name, f.kind, np.array(f.array)))
+            prod.put(f)
+
+        f = fr.Frame(1, 0, p, "T", a)
+        put(f)
+        f.time_step = 1
+        put(f)                                      # same header: the fast paths
+        p[1] = 3.0
+        f.time_step = 2
+        put(f)                                      # params changed in place, same object
+        f.params = p.astype(np.float32)         # another dtype (converted to float64)
+        put(f)
+        f.params = p
+        f.name = "U"
+        put(f)                                      # name
+        f.kind = fr.SIM_END
+        put(f)                                      # kind
+        f.kind = fr.DATA
+        f.array = a.reshape(3, 4)
+        put(f)                                      # shape, same bytes
+        f.array = a.astype(np.float64)
+        put(f)                                      # dtype
+        f.array = np.arange(24, dtype=np.float32)[::2]
+        put(f)                                      # same shape and dtype as `a`, not contiguous
+        f.array = a.astype(">f4")
+        put(f)                                      # big-endian
+        f.array = a
+        a[0] = 99.0
+        put(f)                                      # array values changed in place
+        got = ring.get_many(64, timeout=1)
+        assert len(got) == len(sent)
+        for g, (sim, step, params, name, kind, arr) in zip(got, sent):
+            assert (g.sim_id, g.time_step, g.name, g.kind) == (sim, step, name, kind)
+            assert np.array_equal(g.params, np.asarray(params, np.float64))
+            assert g.array.shape == arr.shape and np.array_equal(g.array, arr)
+            assert g.array.dtype == arr.dtype.newbyteorder("<")
+    finally:
+        prod.close()
+        ring.close()
