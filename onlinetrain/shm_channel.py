@@ -66,7 +66,7 @@ class RingProducer:
         self.ptime = f2u(proc_start(self.pid))
         self.producer_id = int.from_bytes(os.urandom(7), "little")
         self._enc = fr.Encoder()
-        self._last = (None,) * 9  # layout of the previous frame (see _layout)
+        self._last = (None,) * 12  # layout of the previous frame (see _layout)
         self._limit = 0  # read_pos + capacity as last seen (a lower bound of the true one)
         self._next_check = time.monotonic() + CONSUMER_CHECK_S
         self.test_hook_after_reserve = None  # tests widen the crash window with this
@@ -184,8 +184,10 @@ class RingProducer:
     def _layout(self, f: fr.Frame):
         """Validate and encode `f`'s header (Encoder cache); remember it as the layout of the
         frames that follow: (shape, dtype, name, kind, params bytes, head, struct of slot header +
-        frame header, header length, tail).
-        Returns (layout, array): the array made C-contiguous little-endian if it was not."""
+        frame header, header length, tail, params object, destination view, its item size).
+        A 1-d array is copied through a view of the ring typed like it (any strides, cheaper than
+        a byte cast); others as bytes. Returns (layout, array): the array made C-contiguous
+        little-endian if it was not."""
         hdr, arr = self._enc.prepare(f)  # validates before anything is reserved
         p = f.params
         pb = p.tobytes() if type(p) is np.ndarray and p.dtype is _F8 else None
@@ -193,7 +195,15 @@ class RingProducer:
         st = _slot_struct.get(len(tail))
         if st is None:
             st = _slot_struct[len(tail)] = struct.Struct(f"{_SLOT_IDS.format}{len(tail)}s")
-        lay = (arr.shape, arr.dtype, f.name, f.kind, pb, hdr[:_IDS_AT], st, len(hdr), tail)
+        dst = None
+        if arr.ndim == 1 and arr.size:
+            fmt = arr.data.format
+            dst = self.seg.typed_view(fmt)
+            if dst is not None and (dst.format != fmt or dst.itemsize != arr.itemsize):
+                dst = None
+        dst, k = (dst, arr.itemsize) if dst is not None else (self.seg.data, 1)
+        lay = (arr.shape, arr.dtype, f.name, f.kind, pb, hdr[:_IDS_AT], st, len(hdr), tail, p,
+               dst, k)
         if pb is not None and arr is f.array:
             self._last = lay
         return lay, arr
@@ -204,18 +214,24 @@ class RingProducer:
         if seg is None or seg.ctl[C_CLOSED] or _monotonic() >= self._next_check:
             self._ready()
             seg = self.seg
-        # fast path: the frame looks like the previous one (same array layout, name, kind and
-        # parameter values), so its header is the previous one's but for the ids
+        # fast path: the frame looks like the previous one (same array layout, name, kind, the
+        # same params object with the same values), so its header is the previous one's but for
+        # the ids
         arr, p, lay = f.array, f.params, self._last
+        src = None
         if type(arr) is _NDARRAY and arr.shape == lay[0] and arr.dtype is lay[1] and \
-                type(p) is _NDARRAY and p.dtype is _F8 and f.name == lay[2] and \
-                f.kind == lay[3] and p.tobytes() == lay[4] and (mv := arr.data).c_contiguous:
-            mv = mv.cast("B")
-        else:
+                p is lay[9] and f.name == lay[2] and f.kind == lay[3] and p.tobytes() == lay[4]:
+            if lay[11] != 1:
+                src = arr
+            elif (src := arr.data).c_contiguous:
+                src = src.cast("B")
+            else:
+                src = None
+        if src is None:
             lay, arr = self._layout(f)
-            mv = memoryview(arr).cast("B")
+            src = arr if lay[11] != 1 else memoryview(arr).cast("B")
         hl = lay[7]
-        nb = len(mv)
+        nb = arr.nbytes
         nbytes = hl + nb
         slot = SLOT_HDR + ((nbytes + 63) & ~63)
         ctl, cap, data = seg.ctl, seg.capacity, seg.data
@@ -247,10 +263,11 @@ class RingProducer:
             data[off + SLOT_HDR:off + SLOT_HDR + _IDS_AT] = lay[5]
             _IDS.pack_into(data, off + SLOT_HDR + _IDS_AT, f.sim_id, f.time_step)
             data[off + SLOT_HDR + _IDS_END:off + SLOT_HDR + hl] = lay[8]
-        end = off + SLOT_HDR + hl
         try:
             if nb:
-                data[end:end + nb] = mv
+                k = lay[11]
+                end = (off + SLOT_HDR + hl) // k  # frame headers are padded to 8 bytes
+                lay[10][end:end + nb // k] = src
             if self.test_hook_after_reserve is not None:
                 self.test_hook_after_reserve()
         except BaseException:  # never leave a live WRITING slot behind: the consumer skips a PAD

@@ -175,6 +175,7 @@ class Segment:
         self.capacity = self.ctl[C_CAP]
         self.data = memoryview(mm)[CTL_SIZE:CTL_SIZE + self.capacity]
         self.q = self.data.cast("Q")
+        self._typed: dict[str, memoryview | None] = {}
         self.owner = self.ctl[C_OWNER]
         self.owner_time = u2f(self.ctl[C_OWNER_T])
         if self.ctl[C_LOCK_KIND] == 1:
@@ -235,10 +236,20 @@ class Segment:
     def owner_alive(self) -> bool:
         return alive(self.owner, self.owner_time)
 
+    def typed_view(self, fmt: str) -> memoryview | None:
+        """The data region as items of struct format `fmt` (e.g. "f"), or None if it cannot be."""
+        if fmt not in self._typed:
+            try:
+                self._typed[fmt] = self.data.cast(fmt)
+            except (TypeError, ValueError):
+                self._typed[fmt] = None
+        return self._typed[fmt]
+
     def close(self):
         try:
-            for v in (self.q, self.data, self.ctl):
-                v.release()
+            for v in (*self._typed.values(), self.q, self.data, self.ctl):
+                if v is not None:
+                    v.release()
             self.mm.close()
         except BufferError:  # the mapping stays until those views are garbage
             log.warning("ring %s: zero-copy views still alive at close; mapping kept", self.name)
