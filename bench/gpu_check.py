@@ -2,6 +2,7 @@
 
     python bench/gpu_check.py [--sims 16] [--batches 500] [--n 32]     # one GPU, world of 1
     torchrun --nproc-per-node 4 bench/gpu_check.py                     # 4 GPUs of one node
+    python bench/gpu_check.py --device cpu --sims 4 --batches 40       # dry run of the script (gloo)
 
 Each rank listens on tcp://127.0.0.1:0 and publishes its port in the study directory; rank 0
 starts `ot sample | ot simulate --to shm://NAME` and `ot relay shm://NAME <all ranks>` (so every
@@ -50,7 +51,7 @@ def feed(out: Path, world: int, sims: int, n: int, steps: int, ring: str, log: l
     log.append(f"simulate exit {sim.returncode}, relay exit {relay.wait(120)}")
 
 
-def main():
+def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sims", type=int, default=16)
     ap.add_argument("--n", type=int, default=32)
@@ -58,11 +59,14 @@ def main():
     ap.add_argument("--batches", type=int, default=500)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--out", default="")
-    args = ap.parse_args()
+    ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"],
+                    help="cpu: the same run with gloo, to check the script where there is no GPU")
+    args = ap.parse_args(argv)
 
     import torch
-    if not torch.cuda.is_available():
-        sys.exit("gpu_check: no CUDA device visible (torch.cuda.is_available() is False)")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("gpu_check: no CUDA device visible (torch.cuda.is_available() is False); "
+                 "`--device cpu` runs the same check with gloo")
     from onlinetrain import config, ddp
     d = ddp.env_from(os.environ)
     if d.world == 1:
@@ -78,7 +82,7 @@ def main():
         "buffer": {"kind": "reservoir", "capacity": 4000, "watermark": 200},
         "model": {"hidden": 256},
         "train": {"batch_size": args.batch_size, "max_batches": args.batches,
-                  "val_every": max(1, args.batches // 5), "device": "cuda"},
+                  "val_every": max(1, args.batches // 5), "device": args.device},
         "validation": {"every": 4},
         "channel": {"url": "tcp://127.0.0.1:0"},
         "output": {"dir": str(out)}})
@@ -96,7 +100,8 @@ def main():
     if th is not None:
         th.join(180)
     if d.rank == 0:
-        fig = {"gpus": d.world, "device": torch.cuda.get_device_name(0),
+        fig = {"gpus": d.world, "device": torch.cuda.get_device_name(0) if args.device == "cuda"
+               else "cpu (gloo)",
                "samples_per_s_trained": round(s["batches"] * args.batch_size * d.world / wall, 1),
                "samples_per_s_received": round(s["samples_received"] / wall, 1),
                "val_mse": s["val_mse"], "mean_field_mse": s["mean_field_mse"],
