@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from onlinetrain import procs
 from onlinetrain.channel import parse_url
 
 from conftest import ROOT
@@ -18,6 +19,11 @@ ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 for _k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT", "SLURM_PROCID", "SLURM_NTASKS"):
     ENV.pop(_k, None)
 MPIEXEC = str(Path(sys.executable).parent / "mpiexec")
+
+
+def _mpich_segments() -> set[str]:
+    """mpich's own shared memory of a job: left behind when a rank dies, so the test removes it."""
+    return {e for e in os.listdir("/dev/shm") if e.startswith("mpich_shm")}
 
 
 def test_mpi_url():
@@ -39,9 +45,20 @@ def test_mpmd_job_two_simulate_ranks_two_train_ranks(tmp_path):
            "--steps", "20"]
     train = ["train", "--from", "mpi://train", "--config", str(cfg), "--out", str(out),
              "--max-batches", "40", "--quiet"]
-    r = subprocess.run([MPIEXEC, "-n", "2"] + OT + sim + [":", "-n", "2"] + OT + train,
-                       env={**ENV, "MASTER_ADDR": "127.0.0.1", "OT_DIST_TIMEOUT": "120"},
-                       capture_output=True, text=True, timeout=200, start_new_session=True)
+    before = _mpich_segments()
+    job = procs.spawn([MPIEXEC, "-n", "2"] + OT + sim + [":", "-n", "2"] + OT + train,
+                      env={**ENV, "MASTER_ADDR": "127.0.0.1", "OT_DIST_TIMEOUT": "120"},
+                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        stdout, stderr = job.communicate(timeout=200)
+    finally:  # on a timeout or failure too: no rank and no mpich segment outlives the test
+        procs.terminate(job)
+        for seg in _mpich_segments() - before:
+            try:
+                os.unlink(f"/dev/shm/{seg}")
+            except FileNotFoundError:
+                pass
+    r = subprocess.CompletedProcess(job.args, job.returncode, stdout, stderr)
     assert r.returncode == 0, r.stderr[-4000:]
     assert r.stderr.count("simulations done, 0 failed") == 2  # each simulate rank ran its share
     s = json.loads((out / "summary.json").read_text())
