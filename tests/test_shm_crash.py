@@ -197,3 +197,30 @@ def test_attacher_is_not_tracked_by_the_resource_tracker(ring_name):
         subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
         assert os.path.exists(segment_path(ring_name))
         assert ring.get(timeout=1).time_step == 1
+
+
+@pytest.mark.timeout(60)
+def test_full_dev_shm_is_a_clear_error_at_create_not_a_sigbus_later(ring_name):
+    """A ring larger than the room left in /dev/shm fails at create with a clear error and leaves
+    no file; one that fits works. Real: a 4 MiB tmpfs over /dev/shm in a private mount namespace
+    (`unshare -m`, needs root, as CI has)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = (
+        "import os, sys; sys.path.insert(0, %r)\n"
+        "from onlinetrain.shm_channel import RingConsumer, ChannelError\n"
+        "try:\n"
+        "    RingConsumer.create(%r, 16 << 20)\n"
+        "    print('created')\n"
+        "except ChannelError as e:\n"
+        "    print('error:', e)\n"
+        "print('left:', sorted(os.listdir('/dev/shm')))\n"
+        "with RingConsumer.create(%r, 1 << 20) as r:\n"
+        "    print('small ring ok', r.seg.capacity)\n") % (root, ring_name, ring_name + "-small")
+    p = subprocess.run(["unshare", "-m", "sh", "-c",
+                        "mount -t tmpfs -o size=4m tmpfs /dev/shm && exec \"$0\" -c \"$1\"",
+                        sys.executable, code], capture_output=True, text=True, timeout=50)
+    assert p.returncode == 0, p.stderr
+    assert f"error: no room for a {16 << 20}-byte ring in /dev/shm" in p.stdout
+    assert "free space there or ask for a smaller ring" in p.stdout
+    assert "left: []" in p.stdout
+    assert "small ring ok 1048576" in p.stdout
