@@ -15,7 +15,7 @@ Rates are payload GB/s (1e9 B/s) from a common start (barrier) to the last frame
   mpq       multiprocessing.Queue of (header, payload bytes)
   memcpy    np.copyto of one frame's bytes on one core round a 64 MiB buffer: the one-copy limit
   memcpy-hot  the same into one frame-sized destination (cache-resident up to a few MB)
-  memcpy-shm  the same as memcpy into a /dev/shm mapping like the ring's (MAP_SHARED, populated):
+  memcpy-shm  the same as memcpy into a /dev/shm mapping made like the ring's (shm_segment._map):
             the one-copy limit of any shared-memory transport (memcpy's destination is private
             memory allocated by numpy, which may get transparent huge pages; tmpfs usually not).
 
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import mmap
 import multiprocessing as mp
 import os
 import sys
@@ -38,6 +37,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from onlinetrain import frame as fr  # noqa: E402
 from onlinetrain.shm_channel import RingConsumer, RingProducer  # noqa: E402
+from onlinetrain.shm_segment import _map  # noqa: E402
 
 SIZES = {"4k": 4 << 10, "1m": 1 << 20, "8m": 8 << 20}
 CTX = mp.get_context("fork")
@@ -173,8 +173,8 @@ def _memcpy(size, n, where):
     if where == "shm":
         fd, path = tempfile.mkstemp(prefix="ot-bench-memcpy-", dir="/dev/shm")
         try:
-            os.posix_fallocate(fd, 0, span)
-            mm = mmap.mmap(fd, span, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0))
+            os.ftruncate(fd, span)
+            mm = _map(fd, span, create=True)  # mapped exactly as the ring's segment is
         finally:
             os.close(fd)
             os.unlink(path)

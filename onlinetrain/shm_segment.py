@@ -46,7 +46,7 @@ S_STATE, S_LEN, S_PID, S_SEQ, S_PROD, S_PTIME = 0, 1, 2, 3, 4, 5
 WRITING, COMMITTED, PAD = 1, 2, 3
 # map every page up front: a first touch of a tmpfs page costs microseconds, a 4 KB frame's worth
 _MAP_FLAGS = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
-_MADV_POPULATE_READ, _MADV_POPULATE_WRITE = 22, 23  # Linux >= 5.14; not in Python 3.11's mmap
+_MADV_POPULATE_WRITE = 23  # Linux >= 5.14; not in Python 3.11's mmap module
 
 
 def _map(fd: int, size: int, create: bool) -> mmap.mmap:
@@ -54,17 +54,16 @@ def _map(fd: int, size: int, create: bool) -> mmap.mmap:
     with SIGBUS on a later write). The mapping asks for huge pages first: tmpfs gives them where
     /dev/shm is mounted with huge=advise|within_size|always (never by default), and copies into
     2 MiB pages are ~1.4x faster at large frames (bench/memcpy_kinds.py). Pages must be faulted
-    through the advised mapping for that, so populate with MADV_POPULATE_WRITE (the creator: it
-    allocates) or _READ (attachers: as MAP_POPULATE does on shared mappings; a write would bump the
-    file's mtime, which clean_stale reads); older kernels fall back to posix_fallocate +
-    MAP_POPULATE (small pages)."""
+    through the advised mapping for that, and writable (MADV_POPULATE_WRITE: a page mapped for
+    reading and written later has its huge mapping split into 4 KiB ones); older kernels fall back
+    to posix_fallocate + MAP_POPULATE (small pages)."""
     mm = mmap.mmap(fd, size, flags=mmap.MAP_SHARED)
     try:
         mm.madvise(mmap.MADV_HUGEPAGE)
     except (AttributeError, OSError):
         pass
     try:
-        mm.madvise(_MADV_POPULATE_WRITE if create else _MADV_POPULATE_READ)
+        mm.madvise(_MADV_POPULATE_WRITE)
         return mm
     except OSError as e:
         if e.errno not in (errno.EINVAL, errno.ENOSYS):
@@ -291,15 +290,15 @@ def open_segment(name: str) -> Segment:
         size = os.fstat(fd).st_size
         if size < CTL_SIZE:
             raise ChannelError(f"segment {path} is {size} bytes: not an onlinetrain ring", name)
+        # read the magic before mapping: populating writes would bump a stale file's mtime
+        magic, cap = struct.unpack("<QQ", os.pread(fd, 16, 0))
+        if magic != RING_MAGIC or cap % ALIGN or CTL_SIZE + cap > size:
+            raise ChannelError(f"segment {path} is not an onlinetrain ring (bad magic or size)",
+                               name)
         mm = _map(fd, size, create=False)
     except BaseException:
         os.close(fd)
         raise
-    magic, cap = struct.unpack_from("<QQ", mm, 0)
-    if magic != RING_MAGIC or cap % ALIGN or CTL_SIZE + cap > size:
-        mm.close()
-        os.close(fd)
-        raise ChannelError(f"segment {path} is not an onlinetrain ring (bad magic or size)", name)
     return Segment(name, fd, mm)
 
 
