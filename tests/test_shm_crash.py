@@ -224,3 +224,36 @@ def test_full_dev_shm_is_a_clear_error_at_create_not_a_sigbus_later(ring_name):
     assert "free space there or ask for a smaller ring" in p.stdout
     assert "left: []" in p.stdout
     assert "small ring ok 1048576" in p.stdout
+
+
+@pytest.mark.timeout(60)
+def test_ring_uses_huge_pages_where_dev_shm_allows_them(ring_name):
+    """Where /dev/shm is mounted huge=advise, both the creator's and an attacher's mappings of the
+    ring are PMD-mapped huge pages, and frames still round-trip (private mount namespace)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = (
+        "import sys; sys.path.insert(0, %r)\n"
+        "import numpy as np\n"
+        "from onlinetrain import frame as fr\n"
+        "from onlinetrain.shm_channel import RingConsumer, RingProducer\n"
+        "def pmd():\n"
+        "    t = open('/proc/self/smaps_rollup').read()\n"
+        "    return int(t.split('ShmemPmdMapped:')[1].split()[0])\n"
+        "with RingConsumer.create(%r, 8 << 20) as ring:\n"
+        "    one = pmd()\n"
+        "    with RingProducer.attach(%r) as p:\n"
+        "        two = pmd()\n"
+        "        a = np.arange(1 << 20, dtype=np.float32)\n"
+        "        p.put(fr.Frame(1, 2, np.ones(3), 'T', a))\n"
+        "        g = ring.get(timeout=5)\n"
+        "        print('pmd_kb', one, two, 'same', bool(np.array_equal(g.array, a)))\n") % (
+        root, ring_name, ring_name)
+    p = subprocess.run(["unshare", "-m", "sh", "-c",
+                        "mount -t tmpfs -o size=64m,huge=advise tmpfs /dev/shm && "
+                        "exec \"$0\" -c \"$1\"", sys.executable, code],
+                       capture_output=True, text=True, timeout=50)
+    assert p.returncode == 0, p.stderr
+    _, one, two, _, same = p.stdout.split()
+    assert int(one) >= 6 << 10, p.stdout       # the creator's mapping: most of 8 MiB in 2 MiB pages
+    assert int(two) >= 2 * int(one), p.stdout  # the attacher's too
+    assert same == "True"
