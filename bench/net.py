@@ -4,8 +4,9 @@ PUSH/PULL (Melissa's transport), 1 MB and 8 MB frames, over localhost.
     flock /tmp/ot-bench.lock python bench/net.py [--quick]
 
 Every case runs the producer in its own process (spawned) and the consumer in this one; the
-consumer touches each received array (np.frombuffer view). Relay: producer -> shm ring -> relay
-process -> tcp -> consumer. Each case runs `--repeat` times; the median GB/s is reported. The last
+consumer touches each received array (np.frombuffer view); onlinetrain frames are taken with
+copy=False and released, as the trainer's Receiver does (receive buffers are reused). Relay:
+producer -> shm ring -> relay process -> tcp -> consumer. Each case runs `--repeat` times; the median GB/s is reported. The last
 line is JSON: each figure is a ratio against ZeroMQ measured in the same run.
 """
 from __future__ import annotations
@@ -102,10 +103,11 @@ def bench_ot(size, n, relay: bool):
         t0 = time.perf_counter()
         got = 1
         while got < n:
-            for f in cons.get_many(64, timeout=60):
+            for f in cons.get_many(64, timeout=60, copy=False):  # as the trainer's Receiver
                 if f.kind == fr.DATA:
                     f.array[0]
                     got += 1
+                f.release()
         dt = time.perf_counter() - t0
         for p in procs:
             p.join(60)
