@@ -6,8 +6,9 @@ PUSH/PULL (Melissa's transport), 1 MB and 8 MB frames, over localhost.
 Every case runs the producer in its own process (spawned) and the consumer in this one; the
 consumer touches each received array (np.frombuffer view); onlinetrain frames are taken with
 copy=False and released, as the trainer's Receiver does (receive buffers are reused). Relay:
-producer -> shm ring -> relay process -> tcp -> consumer. Each case runs `--repeat` times; the median GB/s is reported. The last
-line is JSON: each figure is a ratio against ZeroMQ measured in the same run.
+producer -> shm ring -> relay process -> tcp -> consumer. Each case runs `--repeat` times; the
+median GB/s is reported. The last line is JSON: each figure is a ratio against ZeroMQ measured in
+the same run.
 """
 from __future__ import annotations
 
