@@ -4,9 +4,11 @@ PUSH/PULL (Melissa's transport), 1 MB and 8 MB frames, over localhost.
     flock /tmp/ot-bench.lock python bench/net.py [--quick]
 
 Every case runs the producer in its own process (spawned) and the consumer in this one; the
-consumer touches each received array (np.frombuffer view). Relay: producer -> shm ring -> relay
-process -> tcp -> consumer. Each case runs `--repeat` times; the median GB/s is reported. The last
-line is JSON: each figure is a ratio against ZeroMQ measured in the same run.
+consumer touches each received array (np.frombuffer view); onlinetrain frames are taken with
+copy=False and released, as the trainer's Receiver does (receive buffers are reused). Relay:
+producer -> shm ring -> relay process -> tcp -> consumer. Each case runs `--repeat` times, the
+cases interleaved; the median GB/s is reported. The last line is JSON: each figure is a ratio
+against ZeroMQ measured in the same run.
 """
 from __future__ import annotations
 
@@ -102,10 +104,11 @@ def bench_ot(size, n, relay: bool):
         t0 = time.perf_counter()
         got = 1
         while got < n:
-            for f in cons.get_many(64, timeout=60):
+            for f in cons.get_many(64, timeout=60, copy=False):  # as the trainer's Receiver
                 if f.kind == fr.DATA:
                     f.array[0]
                     got += 1
+                f.release()
         dt = time.perf_counter() - t0
         for p in procs:
             p.join(60)
@@ -125,18 +128,22 @@ def main():
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
     mb = 1 << 20
-    sizes = {"1MB": (mb, 400 if args.quick else 2000), "8MB": (8 * mb, 50 if args.quick else 250)}
+    # --quick: ~0.3 s per case at 4 GB/s (shorter cases were dominated by the neighbours' noise)
+    sizes = {"1MB": (mb, 1200 if args.quick else 4000), "8MB": (8 * mb, 150 if args.quick else 500)}
     cases = {"zmq": lambda s, n: bench_zmq(s, n),
              "tcp": lambda s, n: bench_ot(s, n, False),
              "relay": lambda s, n: bench_ot(s, n, True)}
     res = {}
     print(f"{'case':<8}{'frame':>6}{'GB/s (median)':>16}   runs")
     for label, (size, n) in sizes.items():
-        for case, fn in cases.items():
-            runs = [fn(size, n) for _ in range(args.repeat)]
-            res[(case, label)] = statistics.median(runs)
+        runs: dict = {case: [] for case in cases}
+        for _ in range(args.repeat):  # interleaved, so a change of background load hits all cases
+            for case, fn in cases.items():
+                runs[case].append(fn(size, n))
+        for case in cases:
+            res[(case, label)] = statistics.median(runs[case])
             print(f"{case:<8}{label:>6}{res[(case, label)]:>16.2f}   "
-                  + " ".join(f"{r:.2f}" for r in runs), flush=True)
+                  + " ".join(f"{r:.2f}" for r in runs[case]), flush=True)
     figures = {}
     for label in sizes:
         z = res[("zmq", label)]

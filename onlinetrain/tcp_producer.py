@@ -42,6 +42,7 @@ class TcpProducer:
         self.sock: socket.socket | None = None
         self.reconnects = 0
         self.closed = False
+        self._enc = fr.Encoder()  # header bytes cached per kind/dtype/shape/params/name
 
     @classmethod
     def connect(cls, host: str, port: int, timeout: float = 30.0, token=None, token_file=None,
@@ -117,7 +118,8 @@ class TcpProducer:
             self.sock = None
 
     def _send(self, bufs: list, timeout: float | None):
-        self.sock.settimeout(None if timeout is None else max(timeout, 1e-3))  # 0 = non-blocking
+        if timeout is not None:  # the socket is blocking between puts
+            self.sock.settimeout(max(timeout, 1e-3))  # 0 would mean non-blocking
         bufs = [memoryview(b).cast("B") for b in bufs if len(b)]
         try:
             while bufs:
@@ -130,7 +132,7 @@ class TcpProducer:
                         bufs[0] = bufs[0][n:]
                         n = 0
         finally:
-            if self.sock is not None:
+            if timeout is not None and self.sock is not None:
                 self.sock.settimeout(None)
 
     def _put_bufs(self, bufs: list, timeout: float | None):
@@ -155,10 +157,9 @@ class TcpProducer:
 
     def put(self, f: fr.Frame, timeout: float | None = None) -> None:
         """Send one frame; blocks while the trainer is behind (up to `timeout`, then Full)."""
-        arr = np.asarray(f.array)
-        if arr.dtype.byteorder == ">" or not arr.flags.c_contiguous:
-            arr = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))
-        hdr = fr.encode_header(f, arr.nbytes)  # validates before anything is sent
+        tmpl, arr = self._enc.prepare(f)  # validates (once per header) before anything is sent
+        hdr = bytearray(tmpl)
+        self._enc.fill_ids(hdr, 0, f)
         self._put_bufs([hdr, arr.reshape(-1).view(np.uint8)] if arr.nbytes else [hdr], timeout)
 
     def put_nowait(self, f: fr.Frame) -> None:
