@@ -54,6 +54,7 @@ _SLOT_IDS = struct.Struct("<6Q16x16sqq")
 _slot_struct: dict[int, struct.Struct] = {}  # _SLOT_IDS + the rest of a frame header, by length
 _monotonic = time.monotonic
 _NDARRAY, _F8 = np.ndarray, np.dtype("<f8")
+_SPIN = 8  # trylocks before a contended put blocks
 CONSUMER_CHECK_S = 0.5  # producers check the consumer's liveness this often, full ring or not
 
 class RingProducer:
@@ -237,8 +238,13 @@ class RingProducer:
         ctl, cap, data = seg.ctl, seg.capacity, seg.data
         rc = seg.trylock_call(seg.lock_arg)  # fast path: room without wrapping; else _reserve
         if rc:
-            if rc == EBUSY:
-                rc = seg.lock_call(seg.lock_arg)
+            if rc == EBUSY:  # held for well under a microsecond: retry a few times before
+                for _ in range(_SPIN):  # sleeping in the kernel (futex wait + wake ~10 us)
+                    rc = seg.trylock_call(seg.lock_arg)
+                    if rc != EBUSY:
+                        break
+                else:
+                    rc = seg.lock_call(seg.lock_arg)
             if rc:
                 seg._recover(rc)  # EOWNERDEAD: ours now, made consistent; anything else raises
         try:
