@@ -110,6 +110,10 @@ class Receiver(threading.Thread):
             self.sims_failed.pop(f.sim_id, None)  # it failed, was restarted and finished
             return
         if f.kind == fr.SIM_FAILED:
+            if f.sim_id in self.sims_done:  # an attempt's late report; another one finished it
+                log.info("simulation %d: failure report after it completed (%s); ignored",
+                         f.sim_id, f.name)
+                return
             self.sims_failed[f.sim_id] = f.name
             log.warning("simulation %d failed: %s", f.sim_id, f.name)
             return

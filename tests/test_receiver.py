@@ -38,3 +38,23 @@ def test_samples_and_validation_survive_slot_reuse(ring_name):
     assert len(b.keys) == 80
     for k, y in zip(map(tuple, b.keys), b.y):
         assert np.array_equal(y, sent[k])
+
+
+@pytest.mark.timeout(60)
+def test_a_failure_report_after_completion_does_not_count_as_failed(ring_name):
+    """Restarts can deliver an attempt's SIM_FAILED after another attempt's SIM_END (Slurm path)."""
+    cfg = config.load(None, {"simulate.producers": 1})
+    with RingConsumer.create(ring_name, capacity=1 << 20) as ring, \
+            RingProducer.attach(ring_name) as prod:
+        rx = Receiver(ring, make_buffer("fifo", capacity=100), cfg, view_adapter)
+        rx.start()
+        nothing = np.zeros(0, np.float32)
+        prod.put(fr.Frame(0, 1, np.zeros(1), "crash", nothing, fr.SIM_FAILED))  # attempt 1
+        prod.put(fr.Frame(0, 5, np.zeros(1), "T", nothing, fr.SIM_END))         # attempt 2 done
+        prod.put(fr.Frame(1, 5, np.zeros(1), "T", nothing, fr.SIM_END))
+        prod.put(fr.Frame(1, 1, np.zeros(1), "node lost", nothing, fr.SIM_FAILED))  # late report
+        prod.put(fr.Frame(2, 1, np.zeros(1), "diverged", nothing, fr.SIM_FAILED))
+        prod.put(fr.Frame(-1, 0, np.zeros(0), "end", nothing, fr.STREAM_END))
+        rx.join(20)
+        assert not rx.is_alive() and rx.error is None
+    assert rx.sims_done == {0, 1} and rx.sims_failed == {2: "diverged"}
