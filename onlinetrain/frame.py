@@ -250,7 +250,8 @@ class Decoder:
         """Decode the `length`-byte frame at `offset` of `buf` (an mmap, bytes or 'B' memoryview)."""
         last = self._last
         hlen = last[2]
-        if length == last[0] and buf[offset:offset + _IDS_AT] == last[1] and \
+        if length == last[0] and offset + length <= len(buf) and \
+                buf[offset:offset + _IDS_AT] == last[1] and \
                 buf[offset + 32:offset + hlen] == last[3]:
             ent = last[4]  # the same header as the previous frame (the first 16 bytes hold hlen)
         else:

@@ -57,6 +57,11 @@ _NDARRAY, _F8 = np.ndarray, np.dtype("<f8")
 _SPIN = 8  # trylocks before a contended put blocks
 CONSUMER_CHECK_S = 0.5  # producers check the consumer's liveness this often, full ring or not
 
+def _bad_ids(f: fr.Frame) -> fr.FrameError:
+    return fr.FrameError(f"sim_id and time_step must be integers in the int64 range, got sim_id="
+                         f"{f.sim_id!r}, time_step={f.time_step!r}", (f.sim_id, f.time_step))
+
+
 class RingProducer:
     """Attach to an existing ring and put frames into it (blocking on a full ring: backpressure)."""
 
@@ -187,7 +192,7 @@ class RingProducer:
         frames that follow: (shape, dtype, name, kind, params bytes, head, struct of slot header +
         frame header, header length, tail, params object, destination view, its item size).
         A 1-d array is copied through a view of the ring typed like it (any strides, cheaper than
-        a byte cast); others as bytes. Returns (layout, array): the array made C-contiguous
+        a byte cast; item size k); others as bytes (k = 1); k = 0: no bytes at all. Returns (layout, array): the array made C-contiguous
         little-endian if it was not."""
         hdr, arr = self._enc.prepare(f)  # validates before anything is reserved
         p = f.params
@@ -203,6 +208,8 @@ class RingProducer:
             if dst is not None and (dst.format != fmt or dst.itemsize != arr.itemsize):
                 dst = None
         dst, k = (dst, arr.itemsize) if dst is not None else (self.seg.data, 1)
+        if not arr.nbytes:
+            dst, k = None, 0  # nothing to copy (and no byte cast of a zero-size n-d array)
         lay = (arr.shape, arr.dtype, f.name, f.kind, pb, hdr[:_IDS_AT], st, len(hdr), tail, p,
                dst, k)
         if pb is not None and arr is f.array:
@@ -219,16 +226,15 @@ class RingProducer:
         # same params object with the same values), so its header is the previous one's but for
         # the ids
         arr, p, lay = f.array, f.params, self._last
-        src = None
+        fast = False
         if type(arr) is _NDARRAY and arr.shape == lay[0] and arr.dtype is lay[1] and \
-                p is lay[9] and f.name == lay[2] and f.kind == lay[3] and p.tobytes() == lay[4]:
-            if lay[11] != 1:
-                src = arr
+                p is lay[9] and p.dtype is _F8 and f.name == lay[2] and f.kind == lay[3] and \
+                p.tobytes() == lay[4]:
+            if lay[11] != 1:  # 1-d: typed copy, any strides; or no bytes at all
+                src, fast = arr, True
             elif (src := arr.data).c_contiguous:
-                src = src.cast("B")
-            else:
-                src = None
-        if src is None:
+                src, fast = src.cast("B"), True
+        if not fast:
             lay, arr = self._layout(f)
             src = arr if lay[11] != 1 else memoryview(arr).cast("B")
         hl = lay[7]
@@ -256,24 +262,38 @@ class RingProducer:
             if off + slot <= cap and (end <= self._limit or end <= self._refresh_limit(ctl, cap)):
                 seq = ctl[C_SEQ]
                 # slot header (state WRITING) and the frame header, ids included, in one pack
-                lay[6].pack_into(data, off, WRITING, nbytes, self.pid, seq, self.producer_id,
-                                 self.ptime, lay[5], f.sim_id, f.time_step, lay[8])
+                try:
+                    lay[6].pack_into(data, off, WRITING, nbytes, self.pid, seq, self.producer_id,
+                                     self.ptime, lay[5], f.sim_id, f.time_step, lay[8])
+                except struct.error:  # bad ids: nothing is published yet
+                    raise _bad_ids(f) from None
                 ctl[C_SEQ] = seq + 1
                 ctl[C_WRITE] = end  # publish
             else:
                 off = -1
         finally:
             seg.unlock_call(seg.lock_arg)
-        if off < 0:
+        ids = None
+        if off < 0:  # wrap or full: the general path
+            try:
+                ids = _IDS.pack(f.sim_id, f.time_step)  # checked before anything is reserved
+            except struct.error:
+                raise _bad_ids(f) from None
             off = self._reserve((nbytes,), timeout)[0]
-            data[off + SLOT_HDR:off + SLOT_HDR + _IDS_AT] = lay[5]
-            _IDS.pack_into(data, off + SLOT_HDR + _IDS_AT, f.sim_id, f.time_step)
-            data[off + SLOT_HDR + _IDS_END:off + SLOT_HDR + hl] = lay[8]
         try:
+            if ids is not None:
+                h = off + SLOT_HDR
+                data[h:h + _IDS_AT] = lay[5]
+                data[h + _IDS_AT:h + _IDS_END] = ids
+                data[h + _IDS_END:h + hl] = lay[8]
             if nb:
                 k = lay[11]
                 end = (off + SLOT_HDR + hl) // k  # frame headers are padded to 8 bytes
-                lay[10][end:end + nb // k] = src
+                try:
+                    lay[10][end:end + nb // k] = src
+                except ValueError:  # an unaligned array exports a non-native format: as bytes
+                    end *= k
+                    data[end:end + nb] = memoryview(np.ascontiguousarray(src)).cast("B")
             if self.test_hook_after_reserve is not None:
                 self.test_hook_after_reserve()
         except BaseException:  # never leave a live WRITING slot behind: the consumer skips a PAD
@@ -291,6 +311,11 @@ class RingProducer:
         """
         self._ready()
         enc = [self._enc.prepare(f) for f in frames]
+        for f in frames:  # ids checked before anything is reserved, as in put
+            try:
+                _IDS.pack(f.sim_id, f.time_step)
+            except struct.error:
+                raise _bad_ids(f) from None
         i = 0
         while i < len(frames):
             offs = self._reserve([len(h) + a.nbytes for h, a in enc[i:i + 1024]], timeout)

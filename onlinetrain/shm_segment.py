@@ -46,6 +46,7 @@ S_STATE, S_LEN, S_PID, S_SEQ, S_PROD, S_PTIME = 0, 1, 2, 3, 4, 5
 WRITING, COMMITTED, PAD = 1, 2, 3
 # map every page up front: a first touch of a tmpfs page costs microseconds, a 4 KB frame's worth
 _MAP_FLAGS = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+CREATE_WAIT_S = 8.0  # how long create waits on a segment that is not (yet) a ring
 _MADV_POPULATE_WRITE = 23  # Linux >= 5.14; not in Python 3.11's mmap module
 
 
@@ -65,10 +66,13 @@ def _map(fd: int, size: int, create: bool) -> mmap.mmap:
     try:
         mm.madvise(_MADV_POPULATE_WRITE)
         return mm
-    except OSError as e:
-        if e.errno not in (errno.EINVAL, errno.ENOSYS):
+    except (AttributeError, OSError) as e:
+        no_room = getattr(e, "errno", None) in (errno.EFAULT, errno.ENOMEM)
+        if create and no_room:  # the kernel could not allocate the pages: /dev/shm is full
             mm.close()
             raise OSError(errno.ENOSPC, f"cannot allocate {size} bytes of shared memory") from e
+        # anything else (older kernel, a seccomp filter; an attacher short of memory): map as
+        # before and let the pages fault in as they are used
     mm.close()
     if create:
         os.posix_fallocate(fd, 0, size)
@@ -309,23 +313,32 @@ def create_segment(name: str, capacity: int) -> Segment:
     if capacity < 4 * ALIGN:
         raise ChannelError(f"ring capacity {capacity} is too small: use at least {4 * ALIGN} bytes",
                            name)
-    for _ in range(3):
+    deadline = time.monotonic() + CREATE_WAIT_S
+    while True:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
             break
         except FileExistsError:
             owner = segment_owner(name)
-            if owner is not None and owner[1]:
-                raise ChannelInUse(f"channel shm://{name} is in use by live pid {owner[0]}; "
-                                   f"pick another name or stop that process", name) from None
-            log.warning("removing stale ring %s (owner %s is dead)", path,
-                        owner[0] if owner else "unknown")
+        if owner is not None and owner[1]:
+            raise ChannelInUse(f"channel shm://{name} is in use by live pid {owner[0]}; "
+                               f"pick another name or stop that process", name)
+        if owner is None and os.path.exists(path):
+            # being created by another process right now, or not a ring at all: never remove it
+            if time.monotonic() < deadline:
+                time.sleep(0.1)
+                continue
+            raise ChannelInUse(f"{path} exists but is not a usable onlinetrain ring (another "
+                               f"process is still creating it, or it is another program's file); "
+                               f"pick another name, or remove it if it is garbage", name)
+        if owner is not None:
+            log.warning("removing stale ring %s (owner %s is dead)", path, owner[0])
             try:
                 os.unlink(path)
             except FileNotFoundError:
                 pass
-    else:
-        raise ChannelInUse(f"could not create {path}: another process keeps creating it", name)
+        if time.monotonic() >= deadline:
+            raise ChannelInUse(f"could not create {path}: another process keeps creating it", name)
     try:
         os.ftruncate(fd, CTL_SIZE + capacity)
         mm = _map(fd, CTL_SIZE + capacity, create=True)  # ENOSPC now rather than SIGBUS later

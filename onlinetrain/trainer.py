@@ -88,13 +88,16 @@ class Receiver(threading.Thread):
                     log.warning("rejected a malformed frame: %s", e)
                     continue
                 self.last_frame = time.monotonic()
-                for f in frames:
-                    try:
+                try:
+                    for f in frames:
                         with self.lock:
                             self.handle(f)
-                    finally:
                         if hasattr(f, "release"):
                             f.release()
+                finally:  # on an error too: every slot / receive buffer of the batch goes back
+                    for f in frames:
+                        if hasattr(f, "release"):
+                            f.release()  # a second release is a no-op
         except BaseException as e:  # surfaced by the training loop
             self.error = e
         finally:

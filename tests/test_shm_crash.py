@@ -11,8 +11,8 @@ import pytest
 
 from onlinetrain import frame as fr
 from onlinetrain.shm_segment import C_LOCK_KIND, C_READ, C_WRITE, open_segment
-from onlinetrain.shm_channel import (ConsumerGone, Empty, RingConsumer, RingProducer, clean_stale,
-                                     segment_owner, segment_path)
+from onlinetrain.shm_channel import (ChannelInUse, ConsumerGone, Empty, RingConsumer, RingProducer,
+                                     clean_stale, segment_owner, segment_path)
 
 SPAWN = mp.get_context("spawn")
 
@@ -257,3 +257,21 @@ def test_ring_uses_huge_pages_where_dev_shm_allows_them(ring_name):
     assert int(one) >= 6 << 10, p.stdout       # the creator's mapping: most of 8 MiB in 2 MiB pages
     assert int(two) >= 2 * int(one), p.stdout  # the attacher's too
     assert same == "True"
+
+
+def test_create_never_removes_a_file_that_is_not_a_stale_ring(ring_name, monkeypatch):
+    """A segment another process is still creating (no magic yet) or another program's file is
+    waited on, then refused; it is never unlinked (create used to unlink any non-ring file)."""
+    from onlinetrain import shm_segment
+    monkeypatch.setattr(shm_segment, "CREATE_WAIT_S", 0.5)
+    path = segment_path(ring_name)
+    with open(path, "wb") as fh:
+        fh.write(b"not a ring" + bytes(8182))
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(ChannelInUse, match="not a usable onlinetrain ring"):
+            RingConsumer.create(ring_name, capacity=1 << 16)
+        assert time.monotonic() - t0 >= 0.5  # it waited for a creator to finish
+        assert open(path, "rb").read(10) == b"not a ring"
+    finally:
+        os.unlink(path)

@@ -76,6 +76,47 @@ def test_ten_thousand_fuzzed_frames_decode_or_fail_cleanly():
     assert bad > 5000 and ok > 100  # the mutations hit both sides
 
 
+def _same(a, b):
+    return (a.sim_id, a.time_step, a.name, a.kind) == (b.sim_id, b.time_step, b.name, b.kind) and \
+        np.array_equal(a.params, b.params) and a.array.dtype == b.array.dtype and \
+        a.array.shape == b.array.shape and np.array_equal(a.array, b.array, equal_nan=True)
+
+
+@pytest.mark.timeout(120)
+def test_decoder_primed_with_a_good_frame_agrees_with_decode_on_every_byte_flip():
+    """The Decoder's fast path (header equal to the previous frame's) must validate as decode does:
+    prime it with a good frame, then decode each single-byte mutation, whole and cut short."""
+    frames = [fr.Frame(3, 7, np.array([1.0, 2.0]), "T", np.arange(12, dtype=np.float32).reshape(3, 4)),
+              fr.Frame(1, 2, np.zeros(0), "", np.zeros(0, np.uint8), fr.SIM_END),
+              fr.Frame(1, 2, np.ones(1), "ab", np.arange(5, dtype=np.int16))]
+    cases = fast = 0
+    for f in frames:
+        good = fr.encode(f)
+        for pos in range(len(good)):
+            for val in (0, 0xFF, good[pos] ^ 1):
+                b = bytearray(good)
+                b[pos] = val
+                for n in (len(b), len(b) - 1):
+                    dec = fr.Decoder()
+                    dec.decode_at(good, 0, len(good))  # primes the fast path
+                    cut = bytes(b[:n])
+                    try:
+                        want = fr.decode(cut)
+                    except fr.FrameError:
+                        want = None
+                    try:
+                        got = dec.decode_at(cut, 0, n)
+                    except fr.FrameError:
+                        got = None
+                    if 16 <= pos < 32 and n == len(good):  # only the ids differ: the fast path
+                        fast += 1
+                        assert got is not None and got.key != f.key or val == good[pos]
+                    cases += 1
+                    assert (want is None) == (got is None), (f, pos, val, n)
+                    assert want is None or _same(want, got), (f, pos, val, n)
+    assert cases > 1000 and fast > 100  # the fast path was really taken
+
+
 @pytest.mark.timeout(120)
 def test_ring_rejects_corrupt_slots_and_keeps_going(ring_name):
     rng = np.random.default_rng(99)

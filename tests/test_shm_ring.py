@@ -12,7 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from onlinetrain import frame as fr
-from onlinetrain.shm_channel import (ChannelError, Empty, Full, RingConsumer, RingProducer)
+from onlinetrain.shm_channel import (SLOT_HDR, ChannelError, Empty, Full, RingConsumer,
+                                     RingProducer)
 
 
 def _payload(prod: int, seq: int, size: int) -> np.ndarray:
@@ -292,6 +293,67 @@ def test_header_caches_follow_every_change_between_consecutive_frames(ring_name)
             assert np.array_equal(g.params, np.asarray(params, np.float64))
             assert g.array.shape == arr.shape and np.array_equal(g.array, arr)
             assert g.array.dtype == arr.dtype.newbyteorder("<")
+    finally:
+        prod.close()
+        ring.close()
+
+
+def test_producer_fast_path_cases_and_bad_ids(ring_name, monkeypatch):
+    """Frames that take the producer's fast path (same layout as the previous frame) in every
+    shape it must handle: strided, reversed and unaligned 1-d arrays, zero-size n-d arrays, params
+    changed in place; ids that cannot be sent are refused before anything is reserved, on the fast
+    path and on the wrap path, and the ring goes on."""
+    layouts = []
+    orig = RingProducer._layout
+    monkeypatch.setattr(RingProducer, "_layout", lambda self, f: layouts.append(1) or orig(self, f))
+    ring = RingConsumer.create(ring_name, 4096)
+    prod = RingProducer.attach(ring_name)
+    try:
+        p = np.array([1.0, 2.0])
+        rec = np.zeros(6, dtype=[("id", "i1"), ("x", "<f4")])
+        rec["x"] = np.arange(6) + 0.5
+        cases = [  # (primer array, array that must take the fast path)
+            (np.arange(6, dtype=np.float32), np.arange(12, dtype=np.float32)[::2]),
+            (np.arange(6, dtype=np.float32), np.arange(6, dtype=np.float32)[::-1]),
+            (np.arange(6, dtype=np.float32), rec["x"]),  # unaligned: numpy exports "=f"
+            (np.zeros((0, 3), np.float64), np.zeros((0, 3), np.float64)),
+            (np.zeros((3, 0), np.int16), np.zeros((3, 0), np.int16)),
+            (np.ones((2, 3), np.float64), np.arange(6.0).reshape(2, 3)),
+        ]
+        step = 0
+        for primer, arr in cases:
+            for a in (primer, arr):
+                step += 1
+                n = len(layouts)
+                prod.put(fr.Frame(7, step, p, "T", a))
+                g = ring.get(timeout=1)
+                assert g.key == (7, step) and g.array.shape == a.shape
+                assert np.array_equal(g.array, a) and np.array_equal(g.params, p)
+            assert len(layouts) == n, f"{arr!r} did not take the fast path"
+        p[0] = 9.0  # in place, same object: the header must follow
+        prod.put(fr.Frame(7, 99, p, "T", np.ones((2, 3))))
+        assert ring.get(timeout=1).params.tolist() == [9.0, 2.0]
+        # ids that do not fit: a clear error, nothing reserved, the next frame arrives
+        a = np.ones(200, np.float32)
+        for bad in (2 ** 63, 1.5):
+            prod.put(fr.Frame(7, 1, p, "T", a))
+            ring.get(timeout=1)
+            with pytest.raises(fr.FrameError, match="int64 range"):
+                prod.put(fr.Frame(7, bad, p, "T", a))  # fast path
+        for _ in range(3):  # leave the write position so that the next put must wrap
+            prod.put(fr.Frame(7, 2, p, "T", a))
+        ring.get_many(8, timeout=1)
+        w, cap = ring.seg.ctl[8], ring.seg.capacity
+        slot = SLOT_HDR + ((fr.header_size(1, 2, 1) + a.nbytes + 63) & ~63)
+        assert cap - w % cap < slot, "the next frame should need the wrap path"
+        with pytest.raises(fr.FrameError, match="int64 range"):
+            prod.put(fr.Frame(7, 2 ** 63, p, "T", a))  # wrap path
+        prod.put(fr.Frame(7, 3, p, "T", a))
+        assert ring.get(timeout=1).key == (7, 3)
+        with pytest.raises(fr.FrameError, match="int64 range"):
+            prod.put_many([fr.Frame(7, 4, p, "T", a), fr.Frame(7, -2 ** 64, p, "T", a)])
+        prod.put(fr.Frame(7, 5, p, "T", a))
+        assert ring.get(timeout=1).key == (7, 5)
     finally:
         prod.close()
         ring.close()
