@@ -199,14 +199,24 @@ def test_attacher_is_not_tracked_by_the_resource_tracker(ring_name):
         assert ring.get(timeout=1).time_step == 1
 
 
+def _in_private_dev_shm(mount_opts: str, code: str) -> subprocess.CompletedProcess:
+    """Run Python `code` (the repository importable) with a fresh tmpfs mounted over /dev/shm with
+    `mount_opts`, in a private mount namespace (`unshare -m`: needs root, as CI has)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = f"import sys; sys.path.insert(0, {root!r})\n" + code
+    p = subprocess.run(["unshare", "-m", "sh", "-c",
+                        f"mount -t tmpfs -o {mount_opts} tmpfs /dev/shm && exec \"$0\" -c \"$1\"",
+                        sys.executable, code], capture_output=True, text=True, timeout=50)
+    assert p.returncode == 0, p.stderr
+    return p
+
+
 @pytest.mark.timeout(60)
 def test_full_dev_shm_is_a_clear_error_at_create_not_a_sigbus_later(ring_name):
     """A ring larger than the room left in /dev/shm fails at create with a clear error and leaves
-    no file; one that fits works. Real: a 4 MiB tmpfs over /dev/shm in a private mount namespace
-    (`unshare -m`, needs root, as CI has)."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    code = (
-        "import os, sys; sys.path.insert(0, %r)\n"
+    no file; one that fits works. Real: a 4 MiB tmpfs over /dev/shm in a private mount namespace."""
+    p = _in_private_dev_shm("size=4m", (
+        "import os\n"
         "from onlinetrain.shm_channel import RingConsumer, ChannelError\n"
         "try:\n"
         "    RingConsumer.create(%r, 16 << 20)\n"
@@ -215,11 +225,7 @@ def test_full_dev_shm_is_a_clear_error_at_create_not_a_sigbus_later(ring_name):
         "    print('error:', e)\n"
         "print('left:', sorted(os.listdir('/dev/shm')))\n"
         "with RingConsumer.create(%r, 1 << 20) as r:\n"
-        "    print('small ring ok', r.seg.capacity)\n") % (root, ring_name, ring_name + "-small")
-    p = subprocess.run(["unshare", "-m", "sh", "-c",
-                        "mount -t tmpfs -o size=4m tmpfs /dev/shm && exec \"$0\" -c \"$1\"",
-                        sys.executable, code], capture_output=True, text=True, timeout=50)
-    assert p.returncode == 0, p.stderr
+        "    print('small ring ok', r.seg.capacity)\n") % (ring_name, ring_name + "-small"))
     assert f"error: no room for a {16 << 20}-byte ring in /dev/shm" in p.stdout
     assert "free space there or ask for a smaller ring" in p.stdout
     assert "left: []" in p.stdout
@@ -230,9 +236,7 @@ def test_full_dev_shm_is_a_clear_error_at_create_not_a_sigbus_later(ring_name):
 def test_ring_uses_huge_pages_where_dev_shm_allows_them(ring_name):
     """Where /dev/shm is mounted huge=advise, both the creator's and an attacher's mappings of the
     ring are PMD-mapped huge pages, and frames still round-trip (private mount namespace)."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    code = (
-        "import sys; sys.path.insert(0, %r)\n"
+    p = _in_private_dev_shm("size=64m,huge=advise", (
         "import numpy as np\n"
         "from onlinetrain import frame as fr\n"
         "from onlinetrain.shm_channel import RingConsumer, RingProducer\n"
@@ -247,12 +251,7 @@ def test_ring_uses_huge_pages_where_dev_shm_allows_them(ring_name):
         "        p.put(fr.Frame(1, 2, np.ones(3), 'T', a))\n"
         "        g = ring.get(timeout=5)\n"
         "        print('pmd_kb', one, two, 'same', bool(np.array_equal(g.array, a)))\n") % (
-        root, ring_name, ring_name)
-    p = subprocess.run(["unshare", "-m", "sh", "-c",
-                        "mount -t tmpfs -o size=64m,huge=advise tmpfs /dev/shm && "
-                        "exec \"$0\" -c \"$1\"", sys.executable, code],
-                       capture_output=True, text=True, timeout=50)
-    assert p.returncode == 0, p.stderr
+        ring_name, ring_name))
     _, one, two, _, same = p.stdout.split()
     assert int(one) >= 6 << 10, p.stdout       # the creator's mapping: most of 8 MiB in 2 MiB pages
     assert int(two) >= 2 * int(one), p.stdout  # the attacher's too
