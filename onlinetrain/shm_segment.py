@@ -12,17 +12,16 @@ to 'Q' over the control block and the data region.
 """
 from __future__ import annotations
 
-import ctypes
 import errno
-import fcntl
 import logging
 import mmap
 import os
 import struct
-import threading
 import time
 
 import psutil
+
+from .shm_lock import init_mutex, make_consistent, make_lock
 
 log = logging.getLogger(__name__)
 
@@ -152,51 +151,9 @@ def alive(pid: int, start: float) -> bool:
     return True
 
 
-def _load_pthread():
-    """libc's robust-mutex functions through ctypes, or None where they are missing."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        fns = {n: getattr(libc, "pthread_" + n) for n in (
-            "mutex_lock", "mutex_unlock", "mutex_consistent", "mutex_init", "mutexattr_init",
-            "mutexattr_setpshared", "mutexattr_setrobust")}
-    except (OSError, AttributeError):
-        return None
-    for fn in fns.values():
-        fn.argtypes, fn.restype = [ctypes.c_void_p], ctypes.c_int
-    fns["mutexattr_setpshared"].argtypes = fns["mutexattr_setrobust"].argtypes = [
-        ctypes.c_void_p, ctypes.c_int]
-    fns["mutex_init"].argtypes = [ctypes.c_void_p, ctypes.c_void_p]
-    return fns
-
-
-_PT = _load_pthread()
-_RAW = ctypes.CDLL(None) if _PT is not None else None  # own handles: no argtypes on these
-_RAW_GIL = ctypes.PyDLL(None) if _PT is not None else None
-_thread_locks: dict[str, threading.Lock] = {}
-
-
-def _address(mm: mmap.mmap, offset: int) -> int:
-    ref = ctypes.c_char.from_buffer(mm, offset)
-    addr = ctypes.addressof(ref)
-    del ref  # no export left behind: mm.close() must still work
-    return addr
-
-
-def _init_mutex(mm: mmap.mmap) -> bool:
-    if _PT is None:
-        return False
-    attr = ctypes.create_string_buffer(64)
-    ok = (_PT["mutexattr_init"](attr) == 0 and _PT["mutexattr_setpshared"](attr, 1) == 0
-          and _PT["mutexattr_setrobust"](attr, 1) == 0
-          and _PT["mutex_init"](_address(mm, MUTEX_AT), attr) == 0)
-    return ok
-
-
 class Segment:
-    """An open ring segment. `acquire()`/`release()` is the producers' reservation lock: a robust
-    process-shared pthread mutex (its holder's death hands it to the next locker with EOWNERDEAD),
-    or, where libc lacks those, `flock` on this process's own open file description plus a thread
-    lock. The kernel releases either when the holder dies, so a crash never deadlocks the ring.
+    """An open ring segment. `acquire()`/`release()` is the producers' reservation lock (see
+    onlinetrain.shm_lock: a robust process-shared mutex or flock; no crash deadlocks the ring).
     Hot paths call `rc = lock_call(lock_arg)` / `unlock_call(lock_arg)` directly (rc != 0: `_recover`);
     `trylock_call(lock_arg)` may instead return EBUSY (then call lock_call)."""
 
@@ -209,59 +166,25 @@ class Segment:
         self._typed: dict[str, memoryview | None] = {}
         self.owner = self.ctl[C_OWNER]
         self.owner_time = u2f(self.ctl[C_OWNER_T])
-        if self.ctl[C_LOCK_KIND] == 1:
-            if _PT is None:
-                raise ChannelError(f"ring shm://{name} uses a pthread mutex this libc lacks", name)
-            # hot path: argument-less foreign functions called with a prebuilt c_void_p (cheaper
-            # than argtypes conversion on every call); rc != 0 goes to _recover. trylock and
-            # unlock never block, so they keep the GIL (PyDLL, cheaper); only a contended lock
-            # waits in pthread_mutex_lock with the GIL released (CDLL): a thread of this process
-            # that holds the mutex must be able to run to unlock it.
-            arg = ctypes.c_void_p(_address(mm, MUTEX_AT))
-            trylock, block = _RAW_GIL.pthread_mutex_trylock, _RAW.pthread_mutex_lock
-            unlock = _RAW_GIL.pthread_mutex_unlock
+        lk = make_lock(name, fd, mm, self.ctl[C_LOCK_KIND], MUTEX_AT)
+        if lk is None:
+            raise ChannelError(f"ring shm://{name} uses a pthread mutex this libc lacks", name)
+        self.lock_call, self.unlock_call, self.lock_arg = lk.lock_call, lk.unlock_call, lk.arg
+        self.trylock_call = lk.trylock_call
 
-            def lock(a):
-                rc = trylock(a)
-                return block(a) if rc == errno.EBUSY else rc
+    def acquire(self):
+        rc = self.lock_call(self.lock_arg)
+        if rc:
+            self._recover(rc)
 
-            def acquire():
-                rc = lock(arg)
-                if rc:
-                    self._recover(rc)
-
-            self.acquire, self.release = acquire, lambda: unlock(arg)
-            self.lock_call, self.unlock_call, self.lock_arg = lock, unlock, arg
-            self.trylock_call = trylock
-        else:
-            tlock = _thread_locks.setdefault(name, threading.Lock())
-
-            def acquire():
-                tlock.acquire()
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX)
-                except BaseException:
-                    tlock.release()
-                    raise
-
-            def release():
-                fcntl.flock(fd, fcntl.LOCK_UN)
-                tlock.release()
-
-            self.acquire, self.release = acquire, release
-
-            def lock_call(_):
-                acquire()
-                return 0
-
-            self.lock_call, self.unlock_call, self.lock_arg = lock_call, lambda _: release(), None
-            self.trylock_call = lock_call  # blocks, never EBUSY
+    def release(self):
+        self.unlock_call(self.lock_arg)
 
     def _recover(self, rc: int):
         if rc != EOWNERDEAD:
             raise ChannelError(f"ring shm://{self.name}: pthread_mutex_lock failed: "
                                f"{os.strerror(rc)}", self.name)
-        _PT["mutex_consistent"](_address(self.mm, MUTEX_AT))
+        make_consistent(self.mm, MUTEX_AT)
         log.warning("ring %s: a producer died holding the ring lock; lock recovered", self.name)
 
     def owner_alive(self) -> bool:
@@ -350,7 +273,7 @@ def create_segment(name: str, capacity: int) -> Segment:
                                f"there or ask for a smaller ring", name) from e
         raise
     struct.pack_into("<QQQQQ", mm, 8, capacity, os.getpid(), f2u(proc_start(os.getpid())), 0,
-                     1 if _init_mutex(mm) else 0)
+                     1 if init_mutex(mm, MUTEX_AT) else 0)
     struct.pack_into("<Q", mm, 0, RING_MAGIC)  # last: attachers check it
     return Segment(name, fd, mm)
 

@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -71,20 +72,30 @@ def _hold_lock_forever(name, ready):
 
 
 @pytest.mark.timeout(60)
-def test_producer_killed_holding_the_lock_does_not_wedge_the_ring(ring_name):
-    with RingConsumer.create(ring_name, capacity=1 << 16) as ring, \
-            RingProducer.attach(ring_name) as p:
+@pytest.mark.parametrize("kind", [1, 0], ids=["robust-mutex", "flock-fallback"])
+def test_producer_killed_holding_the_lock_does_not_wedge_the_ring(ring_name, kind):
+    with RingConsumer.create(ring_name, capacity=1 << 16) as ring:
+        assert ring.seg.ctl[C_LOCK_KIND] == 1  # glibc: the robust mutex
+        ring.seg.ctl[C_LOCK_KIND] = kind  # 0: what a libc without robust mutexes gets
+        p = RingProducer.attach(ring_name)
         ready = SPAWN.Event()
         holder = SPAWN.Process(target=_hold_lock_forever, args=(ring_name, ready))
         holder.start()
         assert ready.wait(30)
+        waiting = threading.Thread(target=p.put, args=(fr.Frame(0, 1, array=np.ones(10)),))
+        waiting.start()
+        time.sleep(0.3)
+        assert waiting.is_alive()  # the lock is really held: the put waits for it
         os.kill(holder.pid, signal.SIGKILL)
         holder.join(10)
-        p.put(fr.Frame(0, 1, array=np.ones(10)))  # the dead holder's lock was handed on
+        waiting.join(10)  # the dead holder's lock was handed on
+        assert not waiting.is_alive()
         assert ring.get(timeout=5).time_step == 1
         p.put(fr.Frame(0, 2, array=np.ones(10)))  # and works normally afterwards
         assert ring.get(timeout=5).time_step == 2
-        assert ring.seg.ctl[C_LOCK_KIND] == 1  # glibc: the robust mutex, not the flock fallback
+        p.put_many([fr.Frame(0, 3, array=np.ones(10))] * 3)  # the _reserve path locks too
+        assert [f.time_step for f in ring.get_many(8, timeout=5)] == [3, 3, 3]
+        p.close()
 
 
 def _consumer_then_die(name, ready):
