@@ -15,7 +15,7 @@ Protocol (byte layout in docs/wire-format.md). Positions are monotonic 64-bit by
 length, producer pid, sequence, producer id, producer start time) followed by the encoded frame,
 padded to 64 bytes. A producer reserves one or more slots under the ring lock (a robust
 process-shared pthread mutex, handed on with EOWNERDEAD if its holder dies; `flock` where libc lacks
-robust mutexes; see shm_segment.Segment), so no crash deadlocks the ring, writes each slot header with
+robust mutexes; see shm_lock), so no crash deadlocks the ring, writes each slot header with
 state WRITING, publishes `write_pos` (one aligned 8-byte store), releases the lock, copies the frames
 outside the lock (producers copy in parallel) and finally stores state COMMITTED. A producer killed
 before publishing leaves nothing visible; one killed after publishing leaves WRITING slots that the
