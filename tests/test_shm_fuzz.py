@@ -115,6 +115,11 @@ def test_decoder_primed_with_a_good_frame_agrees_with_decode_on_every_byte_flip(
                     assert (want is None) == (got is None), (f, pos, val, n)
                     assert want is None or _same(want, got), (f, pos, val, n)
     assert cases > 1000 and fast > 100  # the fast path was really taken
+    good = fr.encode(frames[0])
+    dec = fr.Decoder()
+    dec.decode_at(good, 0, len(good))
+    with pytest.raises(fr.FrameError):  # the header matches, but the buffer is short of `length`
+        dec.decode_at(good[:-8], 0, len(good))
 
 
 @pytest.mark.timeout(120)

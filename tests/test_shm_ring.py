@@ -333,6 +333,12 @@ def test_producer_fast_path_cases_and_bad_ids(ring_name, monkeypatch):
         p[0] = 9.0  # in place, same object: the header must follow
         prod.put(fr.Frame(7, 99, p, "T", np.ones((2, 3))))
         assert ring.get(timeout=1).params.tolist() == [9.0, 2.0]
+        q = p.copy()
+        prod.put(fr.Frame(7, 100, q, "T", np.ones((2, 3))))
+        q.dtype = np.int64  # same object, same bytes, other values: sent as encode() sees them
+        prod.put(fr.Frame(7, 101, q, "T", np.ones((2, 3))))
+        assert ring.get(timeout=1).params.tolist() == [9.0, 2.0]
+        assert ring.get(timeout=1).params.tolist() == q.astype(np.float64).tolist()
         # ids that do not fit: a clear error, nothing reserved, the next frame arrives
         a = np.ones(200, np.float32)
         for bad in (2 ** 63, 1.5):
@@ -340,11 +346,14 @@ def test_producer_fast_path_cases_and_bad_ids(ring_name, monkeypatch):
             ring.get(timeout=1)
             with pytest.raises(fr.FrameError, match="int64 range"):
                 prod.put(fr.Frame(7, bad, p, "T", a))  # fast path
-        for _ in range(3):  # leave the write position so that the next put must wrap
-            prod.put(fr.Frame(7, 2, p, "T", a))
-        ring.get_many(8, timeout=1)
-        w, cap = ring.seg.ctl[8], ring.seg.capacity
+        cap = ring.seg.capacity
         slot = SLOT_HDR + ((fr.header_size(1, 2, 1) + a.nbytes + 63) & ~63)
+        for _ in range(16):  # move the write position until the next put must wrap
+            if cap - ring.seg.ctl[8] % cap < slot:
+                break
+            prod.put(fr.Frame(7, 2, p, "T", a))
+            ring.get(timeout=1)
+        w = ring.seg.ctl[8]
         assert cap - w % cap < slot, "the next frame should need the wrap path"
         with pytest.raises(fr.FrameError, match="int64 range"):
             prod.put(fr.Frame(7, 2 ** 63, p, "T", a))  # wrap path
