@@ -29,9 +29,9 @@ from __future__ import annotations
 
 import logging
 import os
-from errno import EBUSY
 import struct
 import time
+from errno import EBUSY
 
 import numpy as np
 
@@ -60,6 +60,14 @@ CONSUMER_CHECK_S = 0.5  # producers check the consumer's liveness this often, fu
 def _bad_ids(f: fr.Frame) -> fr.FrameError:
     return fr.FrameError(f"sim_id and time_step must be integers in the int64 range, got sim_id="
                          f"{f.sim_id!r}, time_step={f.time_step!r}", (f.sim_id, f.time_step))
+
+
+def _ids(f: fr.Frame) -> bytes:
+    """The frame's packed ids; FrameError (before anything is reserved) if they cannot be sent."""
+    try:
+        return _IDS.pack(f.sim_id, f.time_step)
+    except struct.error:
+        raise _bad_ids(f) from None
 
 
 class RingProducer:
@@ -192,8 +200,8 @@ class RingProducer:
         frames that follow: (shape, dtype, name, kind, params bytes, head, struct of slot header +
         frame header, header length, tail, params object, destination view, its item size).
         A 1-d array is copied through a view of the ring typed like it (any strides, cheaper than
-        a byte cast; item size k); others as bytes (k = 1); k = 0: no bytes at all. Returns (layout, array): the array made C-contiguous
-        little-endian if it was not."""
+        a byte cast; item size k); others as bytes (k = 1); k = 0: no bytes at all.
+        Returns (layout, array): the array made C-contiguous little-endian if it was not."""
         hdr, arr = self._enc.prepare(f)  # validates before anything is reserved
         p = f.params
         pb = p.tobytes() if type(p) is np.ndarray and p.dtype is _F8 else None
@@ -275,10 +283,7 @@ class RingProducer:
             seg.unlock_call(seg.lock_arg)
         ids = None
         if off < 0:  # wrap or full: the general path
-            try:
-                ids = _IDS.pack(f.sim_id, f.time_step)  # checked before anything is reserved
-            except struct.error:
-                raise _bad_ids(f) from None
+            ids = _ids(f)  # checked before anything is reserved
             off = self._reserve((nbytes,), timeout)[0]
         try:
             if ids is not None:
@@ -312,10 +317,7 @@ class RingProducer:
         self._ready()
         enc = [self._enc.prepare(f) for f in frames]
         for f in frames:  # ids checked before anything is reserved, as in put
-            try:
-                _IDS.pack(f.sim_id, f.time_step)
-            except struct.error:
-                raise _bad_ids(f) from None
+            _ids(f)
         i = 0
         while i < len(frames):
             offs = self._reserve([len(h) + a.nbytes for h, a in enc[i:i + 1024]], timeout)
