@@ -235,8 +235,6 @@ class TcpConsumer:
                     self.pool.give(buf)
                 self._reject(peer, str(e), e.value)
                 continue
-            if type(f) is not TcpFrame:  # the decoder's uncached path builds a plain Frame
-                f = TcpFrame(f.sim_id, f.time_step, f.params, f.name, f.array, f.kind)
             if pooled:
                 f._pool, f._buf = self.pool, buf
             if not self._push(f, total):
