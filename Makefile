@@ -1,24 +1,39 @@
-# The two set-up commands of the README: `make demo` and `make test`. Both install what they need.
+# The two set-up commands of the README: `make demo` and `make test`. Both install what they need
+# into a project virtual environment (.venv) made with the system python3: never a system-wide pip
+# (PEP 668), never --break-system-packages.
 PY ?= python3
-PIP_INSTALL = $(PY) -m pip install -q --no-warn-script-location
+VENV ?= .venv
+VPY = $(VENV)/bin/python
+PIP_INSTALL = $(VPY) -m pip install -q --no-warn-script-location
+SUDO ?= $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT_INSTALL = $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends
 
-.PHONY: install deps demo test clean
-install:
+.PHONY: install venv deps demo test clean
+
+# A stock Debian python3 may lack ensurepip (the python3-venv package): install it when missing.
+$(VPY):
+	@$(PY) -c 'import ensurepip, venv' 2>/dev/null || { $(SUDO) apt-get update -qq && \
+	  $(APT_INSTALL) python3-venv; }
+	@$(PY) -m venv $(VENV) 2>/dev/null || { $(SUDO) apt-get update -qq && \
+	  $(APT_INSTALL) python3-venv "python3.$$($(PY) -c 'import sys; print(sys.version_info[1])')-venv" && \
+	  rm -rf $(VENV) && $(PY) -m venv $(VENV); }
+
+venv: $(VPY)
+
+install: $(VPY)
 	$(PIP_INSTALL) "torch==2.13.0" -e ".[test,mpi]" mpich  # mpich wheel: the MPI of tests/test_mpi.py
 
 demo: install
-	$(PY) -m onlinetrain run examples/heat2d.toml
+	$(VPY) -m onlinetrain run examples/heat2d.toml
 
-# Slurm daemons for tests/test_slurm.py (a real cluster the tests bring up): Debian packages, once.
-SUDO ?= $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# Debian packages the tests need (a real Slurm the tests bring up), once.
 deps:
 	@test -x /usr/sbin/slurmctld || command -v slurmctld >/dev/null || { $(SUDO) apt-get update -qq && \
-	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-	  slurmctld slurmd slurm-client munge; }
+	  $(APT_INSTALL) slurmctld slurmd slurm-client munge; }
 
 test: install deps
-	$(PY) -m pytest -q
+	$(VPY) -m pytest -q
 
 clean:
-	$(PY) -m onlinetrain clean
+	$(VPY) -m onlinetrain clean
 	rm -rf ot-study .pytest_cache

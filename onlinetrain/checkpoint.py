@@ -17,6 +17,8 @@ logs a warning naming the file and falls back to the previous one. Loading never
 """
 from __future__ import annotations
 
+from .errors import OTError
+
 import hashlib
 import json
 import logging
@@ -31,7 +33,7 @@ DIRNAME = "checkpoints"
 _NAME = re.compile(r"^ckpt-(\d{9})\.pt$")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(OTError, RuntimeError):
     def __init__(self, message: str, path=None):
         super().__init__(message)
         self.path = self.value = path

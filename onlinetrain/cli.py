@@ -17,22 +17,9 @@ import sys
 import click
 
 from . import config as C
-from .frame import FrameError
-from .sampler import SamplerError
-from .shm_channel import ChannelError
+from .errors import OTError
 
 log = logging.getLogger("onlinetrain")
-
-
-def _errors():
-    from .client import ClientError  # noqa: PLC0415
-    from .reservoir import BufferError_  # noqa: PLC0415
-    from .simulate import SimulateError  # noqa: PLC0415
-    from .trainer import TrainError  # noqa: PLC0415
-    from .checkpoint import CheckpointError  # noqa: PLC0415
-    from .ledger import LedgerError  # noqa: PLC0415
-    return (C.ConfigError, ChannelError, SamplerError, FrameError, SimulateError, TrainError,
-            ClientError, BufferError_, LedgerError, CheckpointError)
 
 
 class _Guard:
@@ -62,7 +49,7 @@ class _Guard:
                 sys.stderr.flush()
                 os._exit(130)
             sys.exit(130)
-        if etype is not None and issubclass(etype, _errors()):
+        if etype is not None and issubclass(etype, OTError):
             raise click.ClickException(str(exc)) from exc
         return False
 

@@ -13,6 +13,8 @@ the worker watches: `send` writes the number of steps sent into it, at most ever
 """
 from __future__ import annotations
 
+from .errors import OTError
+
 import json
 import logging
 import os
@@ -30,7 +32,7 @@ ENV_CHANNEL, ENV_SIM_ID, ENV_PARAMS, ENV_TIMEOUT = "OT_CHANNEL", "OT_SIM_ID", "O
 ENV_PROGRESS = "OT_PROGRESS"
 
 
-class ClientError(RuntimeError):
+class ClientError(OTError, RuntimeError):
     def __init__(self, message: str, value=None):
         super().__init__(message)
         self.value = value

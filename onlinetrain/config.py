@@ -8,6 +8,8 @@ names the offending value; an unknown section or key is an error that lists the 
 """
 from __future__ import annotations
 
+from .errors import OTError
+
 import dataclasses
 import tomllib
 from dataclasses import dataclass, field
@@ -15,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 
-class ConfigError(ValueError):
+class ConfigError(OTError, ValueError):
     """A bad configuration value; `key` is the dotted key and `value` the offending value."""
 
     def __init__(self, message: str, key: str | None = None, value: Any = None):

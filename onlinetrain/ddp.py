@@ -20,6 +20,8 @@ checkpoint and the summary; validation loss and counters are all-reduced.
 """
 from __future__ import annotations
 
+from .errors import OTError
+
 import datetime
 import json
 import logging
@@ -34,7 +36,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 
-class DistError(RuntimeError):
+class DistError(OTError, RuntimeError):
     def __init__(self, message: str, value=None):
         super().__init__(message)
         self.value = value

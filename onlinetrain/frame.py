@@ -14,6 +14,8 @@ is documented in docs/wire-format.md.
 """
 from __future__ import annotations
 
+from .errors import OTError
+
 import struct
 from dataclasses import dataclass, field
 
@@ -45,7 +47,7 @@ DTYPES = {1: np.dtype("<f4"), 2: np.dtype("<f8"), 3: np.dtype("<i4"), 4: np.dtyp
 DTYPE_CODES = {dt: code for code, dt in DTYPES.items()}
 
 
-class FrameError(ValueError):
+class FrameError(OTError, ValueError):
     """A frame that cannot be decoded or encoded; `value` is the offending value."""
 
     def __init__(self, message: str, value=None):

@@ -24,6 +24,8 @@ released by the next worker that looks (`reclaim`).
 """
 from __future__ import annotations
 
+from .errors import OTError
+
 import json
 import logging
 import os
@@ -40,7 +42,7 @@ _EVENTS = ("add", "claim", "restart", "done", "fail", "release")
 LEDGER, WORKERS = "ledger.jsonl", "workers"
 
 
-class LedgerError(RuntimeError):
+class LedgerError(OTError, RuntimeError):
     def __init__(self, message: str, path=None, value=None):
         super().__init__(message)
         self.path, self.value = path, value

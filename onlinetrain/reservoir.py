@@ -25,13 +25,15 @@ autoregressive surrogates (u_t -> u_t+1) is in onlinetrain/pairs.py.
 """
 from __future__ import annotations
 
+from .errors import OTError
+
 import threading
 from dataclasses import dataclass
 
 import numpy as np
 
 
-class BufferError_(RuntimeError):
+class BufferError_(OTError, RuntimeError):
     def __init__(self, message: str, value=None):
         super().__init__(message)
         self.value = value

@@ -8,6 +8,8 @@ The same (n, seed, method, bounds, start_id) always gives the same floats, hence
 """
 from __future__ import annotations
 
+from .errors import OTError
+
 import json
 from typing import Iterable, Sequence
 
@@ -17,7 +19,7 @@ METHODS = ("uniform", "lhs", "halton", "sobol")
 DEFAULT_BOUNDS = ((100.0, 500.0),) * 5
 
 
-class SamplerError(ValueError):
+class SamplerError(OTError, ValueError):
     def __init__(self, message: str, value=None):
         super().__init__(message)
         self.value = value

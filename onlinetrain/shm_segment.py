@@ -21,6 +21,7 @@ import time
 
 import psutil
 
+from .errors import ChannelError, ChannelInUse, ChannelNotFound, ConsumerGone, Empty, Full  # noqa: F401  (re-exported)
 from .shm_lock import init_mutex, make_consistent, make_lock
 
 log = logging.getLogger(__name__)
@@ -76,34 +77,6 @@ def _map(fd: int, size: int, create: bool) -> mmap.mmap:
     if create:
         os.posix_fallocate(fd, 0, size)
     return mmap.mmap(fd, size, flags=_MAP_FLAGS)
-
-
-class ChannelError(RuntimeError):
-    """Base of channel errors; `name` is the channel."""
-
-    def __init__(self, message: str, name: str | None = None):
-        super().__init__(message)
-        self.name = name
-
-
-class Empty(ChannelError):
-    pass
-
-
-class Full(ChannelError):
-    pass
-
-
-class ChannelNotFound(ChannelError):
-    pass
-
-
-class ChannelInUse(ChannelError):
-    pass
-
-
-class ConsumerGone(ChannelError):
-    pass
 
 
 def segment_path(name: str) -> str:

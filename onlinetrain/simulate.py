@@ -16,6 +16,8 @@ the ledger says when the study is over: `source=study.LedgerSource(...)`).
 """
 from __future__ import annotations
 
+from .errors import OTError
+
 import json
 import logging
 import os
@@ -36,7 +38,7 @@ from .procs import describe_exit, spawn, terminate, wait_any
 log = logging.getLogger(__name__)
 
 
-class SimulateError(RuntimeError):
+class SimulateError(OTError, RuntimeError):
     def __init__(self, message: str, value=None):
         super().__init__(message)
         self.value = value

@@ -10,6 +10,8 @@ onlinetrain/slurm_run.py; the study's records in onlinetrain/slurm_records.py.
 """
 from __future__ import annotations
 
+from .errors import OTError
+
 import re
 import shlex
 from dataclasses import dataclass
@@ -23,7 +25,7 @@ FAILED_STATES = {"FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
 DRIVER_SCRIPT, SIM_SCRIPT = "ot-slurm.sbatch", "ot-sim.sbatch"
 
 
-class SlurmError(RuntimeError):
+class SlurmError(OTError, RuntimeError):
     """A Slurm command failed or printed something unexpected; `value` is the offending input."""
 
     def __init__(self, message: str, value=None):

@@ -14,6 +14,8 @@ adapter rejects are logged and counted, never fatal.
 """
 from __future__ import annotations
 
+from .errors import OTError
+
 import json
 import logging
 import threading
@@ -32,7 +34,7 @@ from .surrogate import import_function
 log = logging.getLogger(__name__)
 
 
-class TrainError(RuntimeError):
+class TrainError(OTError, RuntimeError):
     def __init__(self, message: str, value=None):
         super().__init__(message)
         self.value = value
