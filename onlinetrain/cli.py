@@ -10,48 +10,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import signal
-import sys
 
 import click
 
 from . import config as C
-from .errors import OTError
+from .cli_common import Guard as _Guard
 
 log = logging.getLogger("onlinetrain")
-
-
-class _Guard:
-    """Library errors -> ClickException; SIGTERM behaves like Ctrl-C (cleanup runs either way).
-
-    After a real SIGINT/SIGTERM, once the library's cleanup has run, the process ends with
-    os._exit(130): CPython may otherwise still report the caught interrupt as death by SIGINT."""
-
-    def __enter__(self):
-        self.signalled = False
-
-        def on_signal(signum, frame):
-            if self.signalled:
-                return  # one interrupt is enough: let the cleanup finish
-            self.signalled = True
-            raise KeyboardInterrupt
-        self.old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-        return self
-
-    def __exit__(self, etype, exc, tb):
-        for s, h in self.old.items():
-            signal.signal(s, h)
-        if etype is KeyboardInterrupt:
-            click.echo("interrupted; children stopped and shared memory removed", err=True)
-            if self.signalled:
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(130)
-            sys.exit(130)
-        if etype is not None and issubclass(etype, OTError):
-            raise click.ClickException(str(exc)) from exc
-        return False
 
 
 @click.group()
