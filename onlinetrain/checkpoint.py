@@ -1,19 +1,23 @@
-"""Resumable trainer checkpoints: written atomically, verified on load, the newest good one used.
+"""Resumable trainer checkpoints (format v2, docs/checkpoint.md): one section per component, one
+file per rank, written atomically, verified on load, the newest good one used.
 
-A checkpoint holds everything the trainer needs to continue exactly where it was: model,
-optimizer, LR scheduler, RNG states (torch and the buffer's numpy generator), batch count, the
-buffer's contents (x, y, keys, times served, size, counters), the validation samples, and the
-receiver's accounting: every (simulation, time step) taken and the simulations fully received.
+A checkpoint holds everything the trainer needs to continue exactly where it was: the `train`
+section (model, optimizer, LR scheduler, batch count, dims recorded at build time; rank 0 only),
+and per rank the `buffer` (buf.state_dict()), the `receiver` (rx.state_dict(): every (simulation,
+time step) taken, the simulations fully received, validation samples), the `rng` states (torch, and
+CUDA when the model is on a GPU) and the `prefetch` batches drawn but not trained yet.
 
-    state = capture(model, opt, sched, batches, rx, buf, cfg)   # consistent: receiver paused
-    save(out_dir, state, keep=2)        # <out>/checkpoints/ckpt-000001200.pt + .sha256
+    state = capture(model, opt, sched, batches, rx, buf, cfg, rank=r, world=n)  # receiver paused
+    save(out_dir, state, keep=2)        # <out>/checkpoints/ckpt-000001200[.rank<r>].pt + .sha256
     ck = load_latest(out_dir)           # None if there is none; skips corrupt / half-written ones
-    restore_stream(ck, rx, buf); restore_training(ck, model, opt, sched)
+    ck = for_rank(ck, rank, world)      # refuses another number of ranks
+    restore_stream(ck, rx, buf); restore_training(ck, model, opt, sched, device)
 
 Each file is written to a temporary name, fsync'ed and renamed; its SHA-256 goes to a sidecar
 written last, so a checkpoint without a matching sidecar is half-written or corrupt: load_latest
 logs a warning naming the file and falls back to the previous one. Loading never unpickles code
-(torch.load(weights_only=True)); all arrays are stored as tensors.
+(torch.load(weights_only=True, map_location="cpu")); all arrays are stored as tensors. This module
+never imports the trainer.
 """
 from __future__ import annotations
 

@@ -274,7 +274,7 @@ def train(cfg, consumer=None, expected_sims: int | None = None, on_progress=None
         return fit(buf, cfg, rx=rx, builder=builder, device=device, env=env, ck=ck,
                    on_progress=on_progress, stop_event=stop_event, consumer=consumer)
     finally:
-        if rx is not None:
+        if rx is not None and rx.ident is not None:  # started
             rx.stop_event.set()
             rx.join(timeout=5)
         if created:
