@@ -96,7 +96,7 @@ def main(argv=None):
     from onlinetrain import trainer
     created = False
     if d.world == 1:  # one rank, but in a process group: DDP and the collectives run for real
-        dev = trainer.resolve_device(cfg, d)
+        dev = ddp.resolve_device(cfg, d)
         created = ddp.init_group(d, ddp.backend_for(dev), 300)
     try:
         s = trainer.train(cfg, env=d, on_progress=lambda m: print(
@@ -116,7 +116,7 @@ def main(argv=None):
                "samples_per_s_received": round(s["samples_received"] / wall, 1),
                "val_mse": s["val_mse"], "mean_field_mse": s["mean_field_mse"],
                "data_wait_frac": s["data_wait_frac"], "backend": ddp.backend_for(
-                   trainer.resolve_device(cfg, d)),
+                   ddp.resolve_device(cfg, d)),
                "val_vs_mean_field": None if not s["mean_field_mse"] else
                round(s["val_mse"] / s["mean_field_mse"], 4), "wall_s": round(wall, 2),
                "feeder": log}

@@ -209,7 +209,7 @@ class TrainConfig:
     max_batches: int = 3000
     val_every: int = 100
     seed: int = 0
-    threads: int = 0  # torch threads; 0: the cores this process may use (os.sched_getaffinity)
+    threads: int = 0  # torch threads; 0: the cores this process may use, less one (receiver)
     device: str = "cpu"  # cpu | cuda | cuda:N (N ranks: each uses cuda:LOCAL_RANK)
     amp: str = "none"  # none | bf16 (autocast the forward pass to bfloat16)
     compile: bool = False  # torch.compile the model (slow to start, on CPU especially)
@@ -236,14 +236,24 @@ class TrainConfig:
         _check(self.amp in ("none", "bf16"), "train.amp", self.amp, 'use "none" or "bf16"')
         _check(self.keep_checkpoints >= 1, "train.keep_checkpoints", self.keep_checkpoints, ">= 1")
 
-    def resolved_threads(self) -> int:
-        """train.threads, or (0) the number of cores this process may run on."""
+    def resolved_threads(self, environ=None) -> int:
+        """train.threads, or (0) the cores this process may run on (os.sched_getaffinity),
+        shared among the ranks of this node (LOCAL_WORLD_SIZE), less one core left to the
+        receiving and prefetch threads when there are at least two: torch's intra-op threads
+        wait for each other at every operation, so one starved thread stalls them all."""
         if self.threads:
             return self.threads
         try:
-            return max(1, len(os.sched_getaffinity(0)))
+            cores = len(os.sched_getaffinity(0))
         except (AttributeError, OSError):  # no sched_getaffinity (macOS)
-            return max(1, os.cpu_count() or 1)
+            cores = os.cpu_count() or 1
+        env = os.environ if environ is None else environ
+        try:
+            local = max(1, int(env.get("LOCAL_WORLD_SIZE", "1")))
+        except ValueError:
+            local = 1
+        share = max(1, cores // local)
+        return share - 1 if share >= 2 else 1
 
 
 @dataclass

@@ -10,8 +10,9 @@ each other and talk. Rank and world come from torchrun, Slurm or the MPI job (di
     have, rows = coll.sum_ints([1, 32])               # int64 all-reduce, on `device`
     model = wrap(model, device, d.world)              # DDP when world > 1
 
-Every collective tensor lives on the model's device: NCCL refuses CPU tensors. Without a process group
-(one rank) the collectives are local: no copy, no host sync beyond what the caller reads.
+Every collective tensor lives on the model's device: NCCL refuses CPU tensors. Without a process
+group (one rank) the collectives are local: no copy, no host sync beyond what the caller reads.
+resolve_device() picks the rank's device (cuda:LOCAL_RANK with N ranks) or says why it cannot.
 A collective that fails because a peer died raises DistError (see `lost_peer`).
 """
 from __future__ import annotations
@@ -22,6 +23,7 @@ import os
 
 import numpy as np
 
+from .config import ConfigError
 from .distenv import DistEnv, DistError, env_from, first_host  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
@@ -140,3 +142,30 @@ def wrap(model, device, world: int):
         return model
     from torch.nn.parallel import DistributedDataParallel as DDP  # noqa: PLC0415
     return DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def resolve_device(cfg, env=None):
+    """The torch device of this rank; ConfigError (one line) for a device this torch cannot use.
+    With several ranks on CUDA each rank uses cuda:LOCAL_RANK."""
+    import torch  # noqa: PLC0415
+    spec = cfg.train.device
+    if not spec.startswith("cuda"):
+        return torch.device(spec)
+    if not torch.cuda.is_available():
+        raise ConfigError(f"train.device = {spec!r}: this torch ({torch.__version__}) sees no CUDA "
+                          f"device; use \"cpu\", or a CUDA build of torch on a GPU machine",
+                          "train.device", spec)
+    n = torch.cuda.device_count()
+    world = env.world if env is not None else 1
+    if world > 1 or spec == "cuda":  # N ranks: one GPU each, cuda:LOCAL_RANK
+        idx = env.local_rank if env is not None else 0
+    else:
+        idx = int(spec.partition(":")[2])
+    if idx >= n:
+        raise ConfigError(f"train.device = {spec!r}: only {n} CUDA device(s) are visible "
+                          f"(cuda:0..cuda:{n - 1}; CUDA_VISIBLE_DEVICES="
+                          f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')})", "train.device",
+                          spec)
+    dev = torch.device("cuda", idx)
+    torch.cuda.set_device(dev)
+    return dev

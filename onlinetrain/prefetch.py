@@ -47,7 +47,8 @@ class Prefetcher:
 
     def _item(self, x, y, keys) -> Item:
         import torch  # noqa: PLC0415
-        tx, ty = torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.ascontiguousarray(y))
+        tx = torch.from_numpy(np.ascontiguousarray(x))
+        ty = torch.from_numpy(np.ascontiguousarray(y))
         if self.pin:
             tx, ty = tx.pin_memory(), ty.pin_memory()
         return Item(tx, ty, np.asarray(keys, np.int64))

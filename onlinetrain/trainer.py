@@ -30,10 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import checkpoint, ddp
+from . import checkpoint, ddp, evaluate
 from . import frame as fr
 from .channel import open_consumer
-from .config import ConfigError
 from .errors import OTError
 from .imports import import_function
 from .prefetch import Prefetcher
@@ -171,57 +170,6 @@ class Receiver(threading.Thread):
 
 
 
-def _validate(model, val, device) -> float | None:
-    """Mean over samples of the per-sample MSE on `val`, a list of (x, y) pairs."""
-    import torch  # noqa: PLC0415
-    if not val:
-        return None
-    xs = np.stack([v[0] for v in val])
-    ys = np.stack([v[1] for v in val])
-    total = 0.0
-    with torch.no_grad():
-        for i in range(0, len(xs), 1024):
-            x = torch.from_numpy(xs[i:i + 1024]).to(device)
-            y = torch.from_numpy(ys[i:i + 1024]).to(device)
-            total += float(((model(x).float() - y) ** 2).mean(dim=1).sum())
-    return total / len(xs)
-
-
-def _val_items(rx) -> list:
-    """A snapshot of the validation set, taken under the receiver's lock (it inserts meanwhile)."""
-    if rx is None:
-        return []
-    with rx.lock:
-        return list(rx.val.values())
-
-
-def resolve_device(cfg, env=None):
-    """The torch device of this rank; ConfigError (one line) for a device this torch cannot use.
-    With several ranks on CUDA each rank uses cuda:LOCAL_RANK."""
-    import torch  # noqa: PLC0415
-    spec = cfg.train.device
-    if not spec.startswith("cuda"):
-        return torch.device(spec)
-    if not torch.cuda.is_available():
-        raise ConfigError(f"train.device = {spec!r}: this torch ({torch.__version__}) sees no CUDA "
-                          f"device; use \"cpu\", or a CUDA build of torch on a GPU machine",
-                          "train.device", spec)
-    n = torch.cuda.device_count()
-    world = env.world if env is not None else 1
-    if world > 1 or spec == "cuda":  # N ranks: one GPU each, cuda:LOCAL_RANK
-        idx = env.local_rank if env is not None else 0
-    else:
-        idx = int(spec.partition(":")[2])
-    if idx >= n:
-        raise ConfigError(f"train.device = {spec!r}: only {n} CUDA device(s) are visible "
-                          f"(cuda:0..cuda:{n - 1}; CUDA_VISIBLE_DEVICES="
-                          f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')})", "train.device",
-                          spec)
-    dev = torch.device("cuda", idx)
-    torch.cuda.set_device(dev)
-    return dev
-
-
 def train(cfg, consumer=None, expected_sims: int | None = None, on_progress=None,
           stop_event: threading.Event | None = None, resume: bool = False,
           finished=None, env: ddp.DistEnv | None = None) -> dict:
@@ -248,7 +196,7 @@ def train(cfg, consumer=None, expected_sims: int | None = None, on_progress=None
                              f"simulation's data in one trainer, and this run has {env.world} "
                              f"ranks; train a study with one rank (ot run, or ot train without "
                              f"torchrun / srun)", env.world)
-        device = resolve_device(cfg, env)
+        device = ddp.resolve_device(cfg, env)
         torch.manual_seed(cfg.train.seed)
         torch.set_num_threads(cfg.train.resolved_threads())
         ck = checkpoint.load_latest(out) if resume else None
@@ -259,7 +207,8 @@ def train(cfg, consumer=None, expected_sims: int | None = None, on_progress=None
                                      capacity=cfg.channel.ring_mb << 20,
                                      study_dir=cfg.output.dir)  # tcp: secret.token lives there
         if getattr(consumer, "port", None) is not None:  # port 0 listeners: tell the producers
-            (out / f"endpoint-rank{env.rank}").write_text(f"tcp://{consumer.host}:{consumer.port}\n")
+            (out / f"endpoint-rank{env.rank}").write_text(
+                f"tcp://{consumer.host}:{consumer.port}\n")
         if env.world > 1:
             created = ddp.init_group(env, ddp.backend_for(device),
                                      float(os.environ.get("OT_DIST_TIMEOUT", "300")))
@@ -291,7 +240,7 @@ def fit(buf, cfg, *, rx=None, builder=None, device=None, env: ddp.DistEnv | None
     import torch  # noqa: PLC0415
     env = env or ddp.DistEnv()
     if device is None:
-        device = resolve_device(cfg, env)
+        device = ddp.resolve_device(cfg, env)
     if builder is None:
         builder = import_function(cfg.model.builder, "model.builder")
     torch.set_num_threads(cfg.train.resolved_threads())
@@ -336,7 +285,15 @@ class _Loop:
     def _build(self, in_dim: int, out_dim: int):
         import torch  # noqa: PLC0415
         cfg = self.cfg
-        m = self.builder(int(in_dim), int(out_dim), cfg)
+        try:
+            m = self.builder(int(in_dim), int(out_dim), cfg)
+        except Exception as e:  # the user's code: one line that names it, not a traceback
+            raise TrainError(f"model.builder = {cfg.model.builder!r} failed for in_dim {in_dim}, "
+                             f"out_dim {out_dim}: {type(e).__name__}: {e}",
+                             cfg.model.builder) from e
+        if not isinstance(m, torch.nn.Module):
+            raise TrainError(f"model.builder = {cfg.model.builder!r} returned "
+                             f"{type(m).__name__}, not a torch.nn.Module", cfg.model.builder)
         self.model = checkpoint.record_dims(m, in_dim, out_dim).to(self.device)
         self.dims = (int(in_dim), int(out_dim))
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.train.lr)
@@ -405,7 +362,7 @@ class _Loop:
 
     def _log(self, t0, loss_acc, n_acc, wait, span):
         c = self.coll
-        v_mse = _validate(self.model, items := _val_items(self.rx), self.device)
+        v_mse = evaluate.validate(self.model, items := evaluate.val_items(self.rx), self.device)
         v_sse, v_n, t_sse, t_n, w = c.sum([0.0 if v_mse is None else v_mse * len(items),
                                            len(items), float(loss_acc), n_acc, wait])
         counts = c.sum_ints(self._counts() + [len(self.buf)])
@@ -421,22 +378,6 @@ class _Loop:
             if self.on_progress:
                 self.on_progress(m)
         return val_mse
-
-    def _mean_field(self) -> float | None:
-        rx, c = self.rx, self.coll
-        if rx is None:
-            return None
-        n = c.sum([rx.y_count])[0]
-        dim = c.max_ints([0 if rx.y_sum is None else rx.y_sum.size])[0]
-        y_sum = np.zeros(dim) if rx.y_sum is None or rx.y_sum.size != dim else rx.y_sum
-        totals = c.sum(y_sum) if dim else np.zeros(0)
-        sse, cnt = 0.0, 0
-        val = _val_items(rx)
-        if val and n:
-            ys = np.stack([v[1] for v in val])
-            sse, cnt = float(((ys - totals / n) ** 2).mean(axis=1).sum()), len(ys)
-        sse, cnt = c.sum([sse, cnt])
-        return float(sse / cnt) if cnt else None
 
     def run(self) -> dict:
         try:
@@ -537,20 +478,20 @@ class _Loop:
                              f"{f' (rank {env.rank} of {env.world})' if env.world > 1 else ''} "
                              f"({frames} frames): is a simulation running and sending to this "
                              f"channel?", cfg.channel_url)
-        items = _val_items(rx)
-        v_mse = _validate(self.model, items, self.device)
+        items = evaluate.val_items(rx)
+        v_mse = evaluate.validate(self.model, items, self.device)
         v_sse, v_n = c.sum([0.0 if v_mse is None else v_mse * len(items), len(items)])
         tot = c.sum_ints(self._counts() + [getattr(self.consumer, "abandoned", 0)])
         wall = time.monotonic() - t0
         summary = {"val_mse": float(v_sse / v_n) if v_n else None,
-                   "mean_field_mse": self._mean_field(), "batches": self.batches,
+                   "mean_field_mse": evaluate.mean_field_mse(rx, c), "batches": self.batches,
                    "samples_received": tot[0], "validation_samples": tot[1],
                    "duplicates_dropped": tot[2], "frames_rejected": tot[3], "sims_done": tot[4],
                    "sims_failed": tot[5], "buffer": self.buf.stats(), "wall_s": round(wall, 3),
                    "abandoned_slots": tot[6], "ranks": env.world,
                    "rank_samples": self._counts()[0],
-                   "data_wait_frac": round(float(c.sum([wait_all])[0]) / env.world / max(wall, 1e-9),
-                                           4)}
+                   "data_wait_frac": round(
+                       float(c.sum([wait_all])[0]) / env.world / max(wall, 1e-9), 4)}
         self.save(final=True, summary=summary)  # rank 0 also writes <out>/checkpoint.pt
         if self.writer:
             (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -43,8 +43,10 @@ def test_every_field_of_every_section_is_type_checked():
 def test_ints_are_accepted_as_floats():
     cfg = C.load(None, {"train.lr": 1, "channel.idle_timeout": 5})
     assert isinstance(cfg.train.lr, float) and cfg.train.lr == 1.0
-    assert cfg.train.resolved_threads() >= 1 and C.load(None, {"train.threads": 3}) \
-        .train.resolved_threads() == 3
+    assert C.load(None, {"train.threads": 3}).train.resolved_threads() == 3
+    cores = len(__import__("os").sched_getaffinity(0))
+    assert cfg.train.resolved_threads({}) == max(1, cores - 1)
+    assert cfg.train.resolved_threads({"LOCAL_WORLD_SIZE": str(cores)}) == 1
 
 
 def test_cli_prints_one_line_for_a_bad_type(tmp_path):

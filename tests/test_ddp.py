@@ -219,3 +219,33 @@ def test_online_run_with_two_ranks_fed_over_tcp_by_a_relay(tmp_path, ring_name):
     ck = torch.load(out / "checkpoint.pt", weights_only=True)
     assert ck["batches"] == 60 and ck["ranks"] == 2
     assert "trained 60 batches on 160 samples" in results[1][0]  # rank 1 reports the same totals
+
+
+def rank_offline(rank, world, port, out, ring_name):
+    """One rank of the options test: offline buffer, 2 epochs, arrivals recorded."""
+    from onlinetrain import config
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OT_DIST_TIMEOUT="60")
+    cfg = config.from_dict({"buffer": {"kind": "offline", "capacity": 100, "epochs": 2,
+                                       "record_arrivals": True},
+                            "model": {"hidden": 8},
+                            "train": {"batch_size": 8, "max_batches": 1000, "val_every": 2,
+                                      "threads": 1},
+                            "output": {"dir": str(out)}})
+    allsamp = _samples(world, 8, 3)  # 48 samples, 24 per rank
+    mine = [s for i, s in enumerate(allsamp) if i % world == rank]
+    print(json.dumps(_feed_and_train(f"{ring_name}-r{rank}", mine, cfg, True)))
+
+
+@pytest.mark.timeout(180)
+def test_buffer_options_behave_the_same_on_two_ranks(tmp_path, ring_name):
+    """epochs and record_arrivals are honoured by every rank (they were dropped on N ranks)."""
+    out = tmp_path / "o"
+    s0, s1 = _python(f"test_ddp.rank_offline({{r}}, 2, {_free_port()}, {str(out)!r}, "
+                     f"{ring_name!r})", 2)
+    assert s0["batches"] == s1["batches"] == 2 * 3  # 24 samples per rank, batch 8, 2 epochs
+    assert s0["buffer"]["served"] == s1["buffer"]["served"] == 2 * 24
+    a0, a1 = np.load(out / "arrivals.npy"), np.load(out / "arrivals-rank1.npy")
+    assert len(a0) == len(a1) == 24 and set(a0[:, 0] % 2) == {0} and set(a1[:, 0] % 2) == {1}
+    lines = [json.loads(x) for x in open(out / "metrics.jsonl")]
+    assert [m["batch"] for m in lines] == [2, 4, 6] and all(m["ranks"] == 2 for m in lines)

@@ -235,5 +235,6 @@ def test_fit_from_a_buffer_with_bf16_compile_and_default_threads(tmp_path):
     s = trainer.fit(buf, cfg)
     assert s["batches"] == 5 and 0 <= s["data_wait_frac"] <= 1 and s["ranks"] == 1
     assert counters["stats"]["unique_graphs"] >= 1  # torch.compile did compile the model
-    assert torch.get_num_threads() == len(os.sched_getaffinity(0))
+    cores = len(os.sched_getaffinity(0))
+    assert torch.get_num_threads() == (cores - 1 if cores >= 2 else 1)
     assert buf.stats()["served"] == 5 * 4
