@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 
 import click
 
@@ -135,14 +136,15 @@ def train(url, config_path, max_batches, buffer, out_dir, producers, quiet, resu
     """Train the surrogate from frames arriving on a channel."""
     from .runner import attach_study  # noqa: PLC0415
     from .trainer import train as train_fn  # noqa: PLC0415
-    with _Guard():
+    stop = threading.Event()  # the first signal stops the loop between two steps
+    with _Guard(stop_event=stop):
         cfg = C.load(config_path, {"channel.url": url, "train.max_batches": max_batches,
                                    "buffer.kind": buffer, "output.dir": out_dir,
                                    "simulate.producers": producers})
         if cfg.validation.every == 0 and cfg.validation.first_id < 0:
             click.echo("note: no held-out simulations (set validation.every); no val MSE", err=True)
         _report(train_fn(cfg, on_progress=None if quiet else _progress, resume=resume,
-                         finished=attach_study(cfg, resume)))
+                         finished=attach_study(cfg, resume), stop_event=stop))
 
 
 @main.command()
@@ -154,9 +156,11 @@ def train(url, config_path, max_batches, buffer, out_dir, producers, quiet, resu
 def run(config_path, max_batches, out_dir, quiet, resume):
     """Run a whole study on this machine: simulations + training, no scheduler."""
     from .runner import run_study  # noqa: PLC0415
-    with _Guard():
+    stop = threading.Event()  # the first signal stops simulations and training cleanly
+    with _Guard(stop_event=stop):
         cfg = C.load(config_path, {"train.max_batches": max_batches, "output.dir": out_dir})
-        _report(run_study(cfg, on_progress=None if quiet else _progress, resume=resume))
+        _report(run_study(cfg, on_progress=None if quiet else _progress, resume=resume,
+                          stop_event=stop))
 
 
 @main.command()
