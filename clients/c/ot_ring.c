@@ -237,8 +237,8 @@ static void unlock(ot_ring *r) {
     }
 }
 
-static void test_pause(ot_ring *r, int mode) {
-    if (r->pause_mode == mode && r->puts >= (uint64_t)r->pause_after) {
+static void test_pause(ot_ring *r, int mode, uint64_t done) { /* done: puts before this one */
+    if (r->pause_mode == mode && done >= (uint64_t)r->pause_after) {
         fprintf(stderr, "ot_client test hook: paused %s\n", mode == 1 ? "locked" : "reserved");
         for (;;) pause();
     }
@@ -261,7 +261,7 @@ int ot_ring_reserve(ot_ring *r, uint64_t len, uint8_t **frame, uint64_t *slot_of
     for (unsigned spins = 0;; spins++) {
         int rc = lock(r, err, errlen);
         if (rc) return rc;
-        test_pause(r, 1);
+        test_pause(r, 1, r->puts);
         uint64_t w = r->ctl[C_WRITE], limit = LOAD_ACQ(&r->ctl[C_READ]) + cap;
         uint64_t off = w % cap, tail = cap - off;
         int fits;
@@ -313,7 +313,7 @@ int ot_ring_reserve(ot_ring *r, uint64_t len, uint8_t **frame, uint64_t *slot_of
 }
 
 void ot_ring_commit(ot_ring *r, uint64_t slot_off) {
-    test_pause(r, 2);
+    test_pause(r, 2, r->puts - 1);
     STORE_REL((uint64_t *)(r->data + slot_off), COMMITTED); /* after every frame byte */
 }
 

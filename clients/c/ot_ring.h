@@ -3,6 +3,7 @@
 #define OT_RING_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -20,9 +21,9 @@ typedef struct {
     double owner_start;
     uint64_t pid, ptime_bits, producer_id;
     double put_timeout;       /* < 0: wait for room as long as the consumer lives */
-    double next_check;        /* monotonic time of the next consumer liveness check */
+    _Atomic double next_check; /* monotonic time of the next consumer liveness check */
     int pause_mode, pause_after; /* test hook: OT_CLIENT_TEST_PAUSE=locked|reserved:N */
-    uint64_t puts;
+    _Atomic uint64_t puts;    /* reservations made (the test hook counts them) */
     char name[256];
 } ot_ring;
 
