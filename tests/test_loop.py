@@ -126,7 +126,7 @@ def test_checkpoints_load_onto_the_cpu(tmp_path, monkeypatch):
     (No GPU here to write one: the spy checks the argument.)"""
     cfg = _cfg(tmp_path)
     buf = make_buffer("fifo", 10)
-    from onlinetrain.trainer import Receiver
+    from onlinetrain.receiver import Receiver
     rx = Receiver(None, buf, cfg, None)
     model = torch.nn.Linear(3, 2)
     opt = torch.optim.Adam(model.parameters())
