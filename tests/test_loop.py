@@ -238,3 +238,11 @@ def test_fit_from_a_buffer_with_bf16_compile_and_default_threads(tmp_path):
     cores = len(os.sched_getaffinity(0))
     assert torch.get_num_threads() == (cores - 1 if cores >= 2 else 1)
     assert buf.stats()["served"] == 5 * 4
+
+
+def test_a_study_end_condition_with_several_ranks_is_refused(tmp_path, ring_name):
+    cfg = _cfg(tmp_path)
+    cfg.channel.url = f"shm://{ring_name}"
+    with pytest.raises(trainer.TrainError, match="this run has 2 ranks; train a study with one"):
+        trainer.train(cfg, finished=lambda rx: False, env=ddp.DistEnv(0, 2))
+    assert not os.path.exists(segment_path(ring_name))
