@@ -18,7 +18,8 @@ import torch
 
 from onlinetrain import checkpoint
 from onlinetrain import frame as fr
-from onlinetrain.shm_channel import RingProducer
+from onlinetrain.errors import ChannelError
+from onlinetrain.shm_channel import RingProducer, clean_stale
 
 from conftest import ROOT
 
@@ -35,12 +36,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _feed(ring: str, rank: int, delay: float, stop: threading.Event, end: bool):
+def _feed(ring: str, rank: int, delay: float, stop: threading.Event, end: bool, failed: list):
     """Every simulation of `rank` (all of them again after a crash: the trainer drops what it
     already has), paced; STREAM_END if `end`."""
     try:
-        p = RingProducer.attach(ring, timeout=120)
-    except Exception:
+        p = RingProducer.attach(ring, timeout=300)  # a loaded machine imports torch slowly
+    except Exception as e:
+        failed.append(f"{ring}: {e}")
         return
     rng = np.random.default_rng(0)
     try:
@@ -51,11 +53,13 @@ def _feed(ring: str, rank: int, delay: float, stop: threading.Event, end: bool):
                     return
                 p.put(fr.Frame(sid, k, params, "T", np.full(16, sid + k, np.float32)), timeout=30)
                 time.sleep(delay)
-            p.put(fr.Frame(sid, STEPS, params, "T", np.zeros(0, np.float32), fr.SIM_END))
+            p.put(fr.sim_end(sid, {"T": (STEPS, 1)}, params))
         if end:
             p.put(fr.Frame(-1, 0, np.zeros(0), "end", np.zeros(0, np.float32), fr.STREAM_END))
-    except Exception:  # the trainer died: this feeder is done
+    except ChannelError:  # the trainer died: this feeder is done
         return
+    except Exception as e:  # anything else is the test's own bug: say so
+        failed.append(f"{ring}: {type(e).__name__}: {e}")
     finally:
         p.close()
 
@@ -88,11 +92,12 @@ def _ranks(tmp_path, ring, port, extra=(), world=2):
                              start_new_session=True) for r in range(world)]
 
 
-def _kill_all(procs):
+def _kill_all(procs, ring):
     for p in procs:
         if p.poll() is None:
             os.killpg(p.pid, signal.SIGKILL)
         p.communicate()
+    clean_stale(ring)  # the rings of ranks killed here (a failed test) or by the test itself
 
 
 def _newest(out) -> int:
@@ -101,26 +106,27 @@ def _newest(out) -> int:
     return int(good[-1].stem.split("-")[1]) if good else 0
 
 
-@pytest.mark.timeout(420)
+@pytest.mark.timeout(900)
 def test_sigkill_one_of_two_ranks_then_resume_exactly(tmp_path, ring_name):
     out = tmp_path / "study"
     stop = threading.Event()
     ranks = _ranks(tmp_path, ring_name, _free_port())
-    feeders = [threading.Thread(target=_feed, args=(f"{ring_name}-r{r}", r, 0.03, stop, False))
-               for r in range(2)]
+    failed: list = []
+    feeders = [threading.Thread(target=_feed, args=(f"{ring_name}-r{r}", r, 0.03, stop, False,
+                                                     failed)) for r in range(2)]
     for f in feeders:
         f.start()
     try:
-        t = time.monotonic() + 200
+        t = time.monotonic() + 400
         while _newest(out) < 8 and all(p.poll() is None for p in ranks) and time.monotonic() < t:
             time.sleep(0.05)
         assert all(p.poll() is None for p in ranks), [p.communicate() for p in ranks]
-        assert _newest(out) >= 8, "no checkpoint before the deadline"
+        assert _newest(out) >= 8, f"no checkpoint before the deadline {failed}"
         ranks[1].send_signal(signal.SIGKILL)
-        o0, e0 = ranks[0].communicate(timeout=150)  # the survivor stops on its own
+        o0, e0 = ranks[0].communicate(timeout=300)  # the survivor stops on its own
     finally:
         stop.set()
-        _kill_all(ranks)
+        _kill_all(ranks, ring_name)
         for f in feeders:
             f.join(60)
     assert ranks[0].returncode == 1, e0[-3000:]
@@ -143,17 +149,18 @@ def test_sigkill_one_of_two_ranks_then_resume_exactly(tmp_path, ring_name):
     # 2 ranks, --resume, every simulation sent again (the trainer keeps the first copy)
     stop = threading.Event()
     ranks = _ranks(tmp_path, ring_name, _free_port(), ["--resume"])
-    feeders = [threading.Thread(target=_feed, args=(f"{ring_name}-r{r}", r, 0.0, stop, True))
-               for r in range(2)]
+    feeders = [threading.Thread(target=_feed, args=(f"{ring_name}-r{r}", r, 0.0, stop, True,
+                                                     failed)) for r in range(2)]
     for f in feeders:
         f.start()
     try:
-        results = [p.communicate(timeout=200) for p in ranks]
+        results = [p.communicate(timeout=400) for p in ranks]
     finally:
         stop.set()
-        _kill_all(ranks)
+        _kill_all(ranks, ring_name)
         for f in feeders:
             f.join(60)
+    assert not failed, failed
     for p, (o, e) in zip(ranks, results):
         assert p.returncode == 0, e[-3000:]
         assert f"at batch {ck_batch}" in e
