@@ -2,8 +2,8 @@
 
 A checkpoint holds everything the trainer needs to continue exactly where it was: model,
 optimizer, LR scheduler, RNG states (torch and the buffer's numpy generator), batch count, the
-buffer's contents (x, y, keys, times served, size, counters), the validation samples, and the
-receiver's accounting: every (simulation, time step) taken and the simulations fully received.
+buffer's contents (x, y, keys, times served, size, counters), and the receiver's own section
+(`Receiver.state_dict()`: per-simulation accounting, counters, validation samples).
 
     state = capture(model, opt, sched, batches, rx, buf, cfg)   # consistent: receiver paused
     save(out_dir, state, keep=2)        # <out>/checkpoints/ckpt-000001200.pt + .sha256
@@ -56,17 +56,7 @@ def capture(model, opt, sched, batches: int, rx, buf, cfg) -> dict:
                   "seen": _t(buf.seen.copy())}
         if buf.x is not None:
             bstate["x"], bstate["y"] = _t(buf.x.copy()), _t(buf.y.copy())
-        seen = np.array(sorted(rx.seen), np.int64).reshape(-1, 2)
-        vkeys = list(rx.val)
-        recv = {"seen": _t(seen), "sims_done": sorted(rx.sims_done),
-                "sims_failed": {str(k): v for k, v in rx.sims_failed.items()},
-                "frames": rx.frames, "samples": rx.samples, "duplicates": rx.duplicates,
-                "rejected": rx.rejected, "y_count": rx.y_count,
-                "y_sum": None if rx.y_sum is None else _t(rx.y_sum.copy()),
-                "val_keys": _t(np.array(vkeys, np.int64).reshape(-1, 2))}
-        if vkeys:
-            recv["val_x"] = _t(np.stack([rx.val[k][0] for k in vkeys]))
-            recv["val_y"] = _t(np.stack([rx.val[k][1] for k in vkeys]))
+        recv = rx.state_dict()  # the receiver's own section (onlinetrain/receiver.py)
     from .trainer import model_dims  # noqa: PLC0415
     return {"format": 1, "batches": int(batches), "model": model.state_dict(),
             "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
@@ -175,7 +165,9 @@ def load_latest(out_dir) -> dict | None:
 
 
 def fully_received(ck: dict | None) -> set[int]:
-    return set() if ck is None else set(int(i) for i in ck["receiver"]["sims_done"])
+    """The simulations a checkpoint counts fully received (receiver.fully_received)."""
+    from .receiver import fully_received as done  # noqa: PLC0415
+    return set() if ck is None else done(ck["receiver"])
 
 
 def restore_stream(ck: dict, rx, buf):
@@ -185,16 +177,7 @@ def restore_stream(ck: dict, rx, buf):
         raise CheckpointError(f"checkpoint {ck.get('path')} has a {b['kind']} buffer of "
                               f"{b['capacity']} samples, the config a {buf.kind} of "
                               f"{buf.capacity}: resume with the same [buffer]", ck.get("path"))
-    rx.seen = set(map(tuple, r["seen"].numpy().tolist()))
-    rx.sims_done = set(r["sims_done"])
-    rx.sims_failed = {int(k): v for k, v in r["sims_failed"].items()}
-    rx.frames, rx.samples, rx.duplicates, rx.rejected = \
-        r["frames"], r["samples"], r["duplicates"], r["rejected"]
-    rx.y_count = r["y_count"]
-    rx.y_sum = None if r["y_sum"] is None else r["y_sum"].numpy().copy()
-    vk = r["val_keys"].numpy().tolist()
-    rx.val = {tuple(k): (r["val_x"][i].numpy().copy(), r["val_y"][i].numpy().copy())
-              for i, k in enumerate(vk)}
+    rx.load_state_dict(r)
     if "x" in b:
         buf.x, buf.y = b["x"].numpy().copy(), b["y"].numpy().copy()
     buf.keys, buf.seen = b["keys"].numpy().copy(), b["seen"].numpy().copy()
