@@ -305,8 +305,7 @@ class Driver:
                 attempt = self.tries[sid]
                 if ok:
                     self.done.append(sid)
-                    self.rec.attempt(sid, attempt, "done")
-                    self._notify(fr.SIM_END, sid, "end")
+                    self.rec.attempt(sid, attempt, "done")  # its own SIM_END carries the counts
                     continue
                 self.fails[sid] = self.fails.get(sid, 0) + 1
                 if self.fails[sid] <= s.max_restarts:

@@ -200,8 +200,8 @@ def test_online_run_with_two_ranks_fed_over_tcp_by_a_relay(tmp_path, ring_name):
         assert sim.returncode == 0, sim.stderr
         r_out, r_err = relay.communicate(timeout=60)
         assert relay.returncode == 0, r_err
-        # 20 steps + a SIM_END from the simulation and one from ot simulate, per simulation
-        assert json.loads(r_out.strip().splitlines()[-1])["per_rank"] == [4 * 22] * 2
+        # 20 steps + the simulation's SIM_END, per simulation
+        assert json.loads(r_out.strip().splitlines()[-1])["per_rank"] == [4 * 21] * 2
         results = [p.communicate(timeout=120) for p in ranks]
     finally:
         for p in ranks + others:
