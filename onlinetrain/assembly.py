@@ -56,6 +56,18 @@ class _Bits:
             self.b.extend(bytes(max(j + 1 - len(self.b), len(self.b))))
         self.b[j] |= 1 << (i & 7)
 
+    def clear(self, i: int) -> None:
+        if not self.has(i):
+            return
+        self.n -= 1
+        if i < 0:
+            self.neg.discard(i)
+        else:
+            self.b[i >> 3] &= ~(1 << (i & 7)) & 0xFF
+
+    def copy(self) -> "_Bits":
+        return _Bits(bytes(self.b), self.neg, self.n)
+
     def union(self, other: "_Bits") -> "_Bits":
         a, b = (self.b, other.b) if len(self.b) >= len(other.b) else (other.b, self.b)
         out = bytearray(a)
@@ -63,6 +75,11 @@ class _Bits:
             out[i] |= v
         return _Bits(out, self.neg | other.neg, sum(bin(v).count("1") for v in out)
                      + len(self.neg | other.neg))
+
+    def intersect(self, other: "_Bits") -> "_Bits":
+        out = bytearray(a & b for a, b in zip(self.b, other.b))
+        neg = self.neg & other.neg
+        return _Bits(out, neg, sum(bin(v).count("1") for v in out) + len(neg))
 
     def steps(self) -> list[int]:
         bits = np.unpackbits(np.frombuffer(bytes(self.b), np.uint8), bitorder="little")
@@ -147,7 +164,7 @@ class Assembler:
                 return None
         fs[0].set(ts)
         fs[1] += npieces
-        step = self._complete(s, sid, ts, name, arr, meta, f.params)
+        step = self._complete(s, sid, ts, name, arr, meta, f.params, npieces)
         if s.ended:
             self._check_done(sid, s)
         return step
@@ -169,7 +186,9 @@ class Assembler:
         if box in p.boxes:
             self.duplicates += 1
             return None, b"", 0
-        if p.filled + a.size > p.total:
+        if p.filled + a.size > p.total or any(
+                all(o < bo + be and bo < o + e for o, e, bo, be in zip(off, a.shape, *b))
+                for b in p.boxes):
             raise fr.FrameError(f"piece at {off} of extent {a.shape} overlaps others of field "
                                 f"{f.name!r} (simulation {f.sim_id}, step {f.time_step})", box)
         p.array[tuple(slice(o, o + e) for o, e in zip(off, a.shape))] = a
@@ -191,7 +210,7 @@ class Assembler:
                 self.params.pop(key, None)
         return p.array, p.meta, len(p.boxes)
 
-    def _complete(self, s: _Sim, sid, ts, name, arr, meta, params) -> Step | None:
+    def _complete(self, s: _Sim, sid, ts, name, arr, meta, params, npieces) -> Step | None:
         need = self.fields if self.fields is not None else (s.only,)
         if name not in need:
             self.ignored += 1
@@ -208,7 +227,7 @@ class Assembler:
         if pend is None:
             pend = self.pending[key] = {}
             self.params[key] = np.array(params)
-        pend[name] = (np.array(arr), meta)  # may view the channel's memory: keep a copy
+        pend[name] = (np.array(arr), meta, npieces)  # may view the channel's memory: a copy
         if not all(s.steps[n][0].has(ts) if n in s.steps else False for n in need):
             return None
         parts = {n: pend.pop(n) for n in need}
@@ -240,9 +259,7 @@ class Assembler:
                     return "incomplete"
         self.incomplete.discard(sid)
         self.done.add(sid)
-        steps = _Bits()
-        for v in s.steps.values():
-            steps = steps.union(v[0])
+        steps = _taken({n: v[0] for n, v in s.steps.items()}, s.only, self.fields)
         st = steps.steps()
         if st and not steps.neg and st[-1] - st[0] + 1 == len(st):
             self.done_range[sid] = (st[0], len(st))  # contiguous: three numbers
@@ -274,7 +291,15 @@ class Assembler:
     # --- state -------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         import torch  # noqa: PLC0415
-        open_ = {str(sid): {"steps": {n: v[0].state() + [v[1]] for n, v in s.steps.items()},
+        steps = {sid: {n: [v[0], v[1]] for n, v in s.steps.items()} for sid, s in self.sims.items()}
+        for (sid, ts), pend in self.pending.items():  # complete fields waiting for the others:
+            for n, v in pend.items():                  # their data is not saved, so neither are
+                if isinstance(v, tuple) and sid in steps:  # they (the step comes again)
+                    b = steps[sid][n]
+                    b[0] = b[0].copy()
+                    b[0].clear(ts)
+                    b[1] -= v[2]
+        open_ = {str(sid): {"steps": {n: v[0].state() + [v[1]] for n, v in steps[sid].items()},
                             "only": s.only, "ended": s.ended,
                             "counts": None if s.counts is None else
                             {n: [int(a), int(b)] for n, (a, b) in s.counts.items()}}
@@ -283,7 +308,8 @@ class Assembler:
         return {"done": torch.tensor(rows, dtype=torch.int64).reshape(-1, 3),
                 "done_bits": {str(k): v.state() for k, v in self.done_bits.items()},
                 "failed": {str(k): v for k, v in self.failed.items()},
-                "open": open_, "duplicates": self.duplicates, "ignored": self.ignored}
+                "open": open_, "duplicates": self.duplicates, "ignored": self.ignored,
+                "fields": None if self.fields is None else list(self.fields)}
 
     def load_state_dict(self, d: dict) -> None:
         rows = d["done"].tolist()
@@ -315,8 +341,17 @@ def steps_received(state: dict) -> list[tuple[int, int]]:
     for sid, b in state["done_bits"].items():
         out += [(int(sid), k) for k in _Bits.from_state(b).steps()]
     for sid, o in state["open"].items():
-        steps = _Bits()
-        for v in o["steps"].values():
-            steps = steps.union(_Bits.from_state(v[:3]))
+        steps = _taken({n: _Bits.from_state(v[:3]) for n, v in o["steps"].items()}, o["only"],
+                       state["fields"])
         out += [(int(sid), k) for k in steps.steps()]
     return sorted(out)
+
+
+def _taken(bits: dict, only, fields) -> _Bits:
+    """The steps handed to the adapter: complete in every needed field."""
+    need = fields if fields is not None else ([only] if only is not None else list(bits))
+    out = None
+    for n in need:
+        b = bits.get(n, _Bits())
+        out = b if out is None else out.intersect(b)
+    return out if out is not None else _Bits()

@@ -137,7 +137,8 @@ def test_missing_piece_is_not_done_until_a_restarted_rank_sends_it(ring_name):
     rx2.handle_batch([piece(0, k, n, r, 2) for k in range(steps) for n in ("T", "U")
                       for r in (1, 0)] + [end(0, steps, 2)])
     assert rx2.sims_done == {0} and not rx2.sims_incomplete
-    assert rx2.samples == steps and rx2.duplicates == 2 * steps * 2 - 1
+    # step 2's four pieces were not in the state (T waited for U, U was partial): all taken again
+    assert rx2.samples == steps and rx2.duplicates == 2 * steps * 2 - 4
     b = buf.get_batch(100)
     assert sorted(map(tuple, b.keys.tolist())) == [(0, k) for k in range(steps)]
     assert np.array_equal(b.y[b.keys[:, 1] == 2][0], expected_y(0, 2))
@@ -241,7 +242,7 @@ def test_input_size_mismatch_is_counted_and_skipped():
     rx.handle_batch(frames[2:3])  # alone: the adapter's one-step path
     rx.handle_batch(frames[3:])
     assert rx.rejected == 2 and rx.samples == 4 and len(buf) == 4
-    assert sorted(map(tuple, buf.get_batch(10).keys.tolist())) == [(0, 0), (0, 1), (2, 0), (2, 1)]
+    assert sorted(map(tuple, buf.get_batch(4).keys.tolist())) == [(0, 0), (0, 1), (2, 0), (2, 1)]
 
 
 @pytest.mark.timeout(120)
@@ -269,7 +270,8 @@ def test_validation_snapshot_is_consistent_while_the_receiver_inserts(ring_name)
             while time.monotonic() < deadline:
                 x, y, keys = rx.val_arrays()
                 assert len(x) == len(y) == len(keys)
-                assert np.array_equal(x[:, 0], y[:, 0])
+                if len(x):
+                    assert np.array_equal(x[:, 0], y[:, 0])
                 _validate(model, rx.val, "cpu")
                 checks += 1
         finally:
