@@ -180,7 +180,9 @@ def idle_receiver_arm(cfg, name, side, rate, seconds):
     rx.start()
     try:
         go.set()
-        time.sleep(1.0)  # the same warm-up as the training arm's first report
+        deadline = time.monotonic() + 60
+        while rx.samples < 50 and time.monotonic() < deadline:  # the producer is up and sending
+            time.sleep(0.01)
         t0, s0 = time.monotonic(), rx.samples
         time.sleep(seconds)
         t1, s1 = time.monotonic(), rx.samples
@@ -236,18 +238,27 @@ def main(argv=None):
     sec = a.seconds or (4.0 if a.quick else 15.0)
     tag = uuid.uuid4().hex[:8]
     res = {}
+
+    def log(arm):
+        print(f"# {arm}: {res[arm]}", file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         small = _cfg(os.path.join(tmp, "small"))
         res["memory"] = memory_arm(small, sec)
+        log("memory")
         res["reservoir"] = train_arm(small, f"feed_{tag}_r", 4, 0, 2000, sec)
+        log("reservoir")
         res["ingest"] = train_arm(_cfg(os.path.join(tmp, "ingest")), f"feed_{tag}_i", 4, 20_000,
                                   2000, sec)
+        log("ingest")
         big = _cfg(os.path.join(tmp, "big"), **{"buffer.capacity": 300, "buffer.watermark": 1,
                                                  "model.hidden": 16, "model.layers": 1,
                                                  "channel.ring_mb": 4})
         res["big-idle"] = idle_receiver_arm(big, f"feed_{tag}_bi", 128, 500, sec)
+        log("big-idle")
         res["big-train"] = big_train_arm(big, f"feed_{tag}_bt", 128, 500, sec)
+        log("big-train")
         res["drain"] = drain_arm(small, f"feed_{tag}_d", 20_000 if a.quick else 100_000)
+        log("drain")
     print(f"{'arm':<10} {'samples/s':>10} {'batches/s':>10} {'frames/s':>10}")
     for k, v in res.items():
         if k == "drain":
@@ -256,12 +267,14 @@ def main(argv=None):
               f"{v.get('batches_per_s', float('nan')):>10.1f} {v.get('frames_per_s', float('nan')):>10.0f}")
     d = res["drain"]
     print(f"drain: {d['cpu_us_per_frame']:.2f} us CPU / frame, {d['wall_us_per_frame']:.2f} us wall")
-    out = {"feed_over_memory": round(res["reservoir"]["samples_per_s"] /
-                                     res["memory"]["samples_per_s"], 3),
-           "train_under_ingest": round(res["ingest"]["batches_per_s"] /
-                                       res["reservoir"]["batches_per_s"], 3),
-           "ingest_under_training": round(res["big-train"]["frames_per_s"] /
-                                          res["big-idle"]["frames_per_s"], 3),
+    def ratio(a, b):
+        return round(a / b, 3) if b else None
+    out = {"feed_over_memory": ratio(res["reservoir"]["samples_per_s"],
+                                     res["memory"]["samples_per_s"]),
+           "train_under_ingest": ratio(res["ingest"]["batches_per_s"],
+                                       res["reservoir"]["batches_per_s"]),
+           "ingest_under_training": ratio(res["big-train"]["frames_per_s"],
+                                          res["big-idle"]["frames_per_s"]),
            "ingest_frames_per_s": round(res["ingest"]["frames_per_s"]),
            "receive_us_per_frame": round(d["cpu_us_per_frame"], 2)}
     print(json.dumps(out))

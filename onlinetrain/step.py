@@ -33,7 +33,7 @@ class StepError(OTError, ValueError):
         self.value = value
 
 
-@dataclass
+@dataclass(slots=True)
 class Step:
     """One assembled time step. `fields` maps each field name to its whole (global-shape) array;
     `meta` maps a field name to the metadata bytes its frames carried (only fields that had some)."""

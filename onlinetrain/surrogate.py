@@ -42,15 +42,24 @@ def _bad_params(sim_id, n):
 
 
 def heat2d_many(steps, cfg) -> tuple[np.ndarray, np.ndarray]:
-    """heat2d_xy for a list of steps at once: (X (n, 6), Y (n, cells)); one numpy pass per batch."""
-    p = np.array([s.params for s in steps], dtype=np.float32)
-    if p.ndim != 2 or p.shape[1] != 5:
+    """heat2d_xy for a list of steps at once: (X (n, 6), Y (n, cells)); one numpy pass per batch
+    (a step that does not fit raises, and the receiver then adapts that batch one step at a time)."""
+    n = len(steps)
+    p = np.concatenate([s.params for s in steps])
+    if p.size != 5 * n:
         s = next(s for s in steps if np.size(s.params) != 5)
         raise _bad_params(s.sim_id, np.size(s.params))
-    x = np.empty((len(steps), 6), np.float32)
-    x[:, :5] = (p - T_CENTER) / T_HALF_RANGE
-    x[:, 5] = np.array([s.time_step for s in steps], np.float32) / cfg.solver.steps
-    y = np.stack([_field(s).reshape(-1) for s in steps]).astype(np.float32, copy=False)
+    x = np.empty((n, 6), np.float32)
+    x[:, :5] = (p.reshape(n, 5) - T_CENTER) / T_HALF_RANGE
+    x[:, 5] = np.fromiter((s.time_step for s in steps), np.float64, n) / cfg.solver.steps
+    fields = [s.fields for s in steps]
+    if any(len(f) != 1 for f in fields):
+        raise ValueError("heat2d adapter takes one field per step")
+    arrs = [a for f in fields for a in f.values()]
+    shape = arrs[0].shape
+    if any(a.shape != shape for a in arrs):
+        raise ValueError(f"heat2d fields of different shapes in one batch ({shape}, ...)")
+    y = np.concatenate(arrs, axis=0).reshape(n, -1).astype(np.float32, copy=False)  # a new array
     y -= T_CENTER
     y /= T_SCALE
     return x, y
