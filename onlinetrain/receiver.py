@@ -33,6 +33,7 @@ from .step import resolve_adapter
 log = logging.getLogger(__name__)
 BATCH = 256  # frames per get_many
 COPY_BELOW = 256 << 10  # frames smaller than this on average are copied out (cheaper than views)
+GATHER_S = 0.02  # after a short batch of small frames, let more gather (GIL free) this long
 
 
 def _t(a):
@@ -142,6 +143,11 @@ class Receiver(threading.Thread):
                         rel = getattr(f, "release", None)
                         if rel is not None:
                             rel()
+                if len(frames) < BATCH // 2 and self._copy:
+                    # a trickle: polling the channel for each frame (the consumer spins, then
+                    # yields) would take the GIL from the training loop hundreds of times per
+                    # batch; waiting here lets frames gather into fewer, larger batches
+                    self.stop_event.wait(GATHER_S)
         except BaseException as e:  # surfaced by the training loop
             self.error = e
         finally:
