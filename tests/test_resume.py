@@ -42,8 +42,7 @@ def _setup(cfg, fill=True):
         rng = np.random.default_rng(0)
         frames = [fr.Frame(i // 10, i % 10, np.zeros(1), "T", rng.random(16, np.float32))
                   for i in range(100)]  # evictions too
-        frames += [fr.Frame(s, 10, np.zeros(1), "end", np.zeros(0, np.float32), fr.SIM_END)
-                   for s in (0, 1)]
+        frames += [fr.sim_end(s, {"T": (10, 1)}) for s in (0, 1)]
         frames.append(fr.Frame(99, 1, np.zeros(1), "T", np.ones(16, np.float32)))
         rx.handle_batch(frames[:50])
         rx.handle_batch(frames[50:])
