@@ -325,7 +325,7 @@ class Assembler:
         rows = [(sid, *self.done_range.get(sid, (-1, -1))) for sid in sorted(self.done)]
         return {"done": torch.tensor(rows, dtype=torch.int64).reshape(-1, 3),
                 "done_bits": {str(k): v.state() for k, v in self.done_bits.items()},
-                "failed": {str(k): v for k, v in self.failed.items()},
+                "sims_failed": {str(k): v for k, v in self.failed.items()},
                 "open": open_, "duplicates": self.duplicates, "ignored": self.ignored,
                 "fields": None if self.fields is None else list(self.fields)}
 
@@ -334,7 +334,7 @@ class Assembler:
         self.done = set(r[0] for r in rows)
         self.done_range = {r[0]: (r[1], r[2]) for r in rows if r[2] >= 0}
         self.done_bits = {int(k): _Bits.from_state(v) for k, v in d["done_bits"].items()}
-        self.failed = {int(k): v for k, v in d["failed"].items()}
+        self.failed = {int(k): v for k, v in d["sims_failed"].items()}
         self.sims, self.incomplete = {}, set()
         for sid, o in d["open"].items():
             s = _Sim(steps={n: [_Bits.from_state(v[:3]), int(v[3])] for n, v in o["steps"].items()},

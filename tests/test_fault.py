@@ -84,7 +84,7 @@ def all_pairs(ids):
 def received(study):
     """The trainer's own accounting, from its final checkpoint."""
     ck = torch.load(study / "checkpoint.pt", weights_only=True)
-    seen = steps_received(ck["receiver"])
+    seen = steps_received(ck["sections"]["receiver"])
     assert len(seen) == len(set(seen))
     return set(seen), ck
 
