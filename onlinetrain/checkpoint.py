@@ -2,7 +2,8 @@
 
 A checkpoint holds everything the trainer needs to continue exactly where it was: model,
 optimizer, LR scheduler, RNG states (torch and the buffer's numpy generator), batch count, the
-buffer's contents (x, y, keys, times served, size, counters), the validation samples, and the
+buffer's `state_dict()` (contents, times served, counters, RNG, FIFO head, Offline order and
+epoch, Reservoir end-of-stream batch count; reservoir.py), the validation samples, and the
 receiver's accounting: every (simulation, time step) taken and the simulations fully received.
 
     state = capture(model, opt, sched, batches, rx, buf, cfg)   # consistent: receiver paused
@@ -48,14 +49,8 @@ def capture(model, opt, sched, batches: int, rx, buf, cfg) -> dict:
     """A consistent snapshot (the receiver is paused while its state and the buffer are copied)."""
     import torch  # noqa: PLC0415
     with rx.lock, buf.cond:
-        n = buf.size
-        bstate = {"kind": buf.kind, "capacity": buf.capacity, "size": n,
-                  "received": buf.received, "served": buf.served, "evicted": buf.evicted,
-                  "head": int(getattr(buf, "head", 0)), "ended": False,
-                  "rng": buf.rng.bit_generator.state, "keys": _t(buf.keys.copy()),
-                  "seen": _t(buf.seen.copy())}
-        if buf.x is not None:
-            bstate["x"], bstate["y"] = _t(buf.x.copy()), _t(buf.y.copy())
+        # the receiver starts afresh on resume and signals the end of the stream again
+        bstate = {**buf.state_dict(), "ended": False}
         seen = np.array(sorted(rx.seen), np.int64).reshape(-1, 2)
         vkeys = list(rx.val)
         recv = {"seen": _t(seen), "sims_done": sorted(rx.sims_done),
@@ -195,14 +190,7 @@ def restore_stream(ck: dict, rx, buf):
     vk = r["val_keys"].numpy().tolist()
     rx.val = {tuple(k): (r["val_x"][i].numpy().copy(), r["val_y"][i].numpy().copy())
               for i, k in enumerate(vk)}
-    if "x" in b:
-        buf.x, buf.y = b["x"].numpy().copy(), b["y"].numpy().copy()
-    buf.keys, buf.seen = b["keys"].numpy().copy(), b["seen"].numpy().copy()
-    buf.size, buf.received, buf.served, buf.evicted = \
-        b["size"], b["received"], b["served"], b["evicted"]
-    if hasattr(buf, "head"):
-        buf.head = b["head"]
-    buf.rng.bit_generator.state = b["rng"]
+    buf.load_state_dict(b)
 
 
 def restore_training(ck: dict, model, opt, sched) -> int:

@@ -256,9 +256,7 @@ class FIFO(_Base):
 
 
 class FIRO(_Base):
-    """First in, random out; a sample is served `pseudo_epochs` times (at most once per batch),
-    then leaves. Batches are drawn only while >= `watermark` samples are present, or after the
-    stream has ended (then it drains: every sample ends up served exactly `pseudo_epochs` times)."""
+    """First in, random out (see the module docstring); at most once per sample per batch."""
     kind = "firo"
 
     def __init__(self, capacity: int, watermark: int = 1, seed: int = 0, pseudo_epochs: int = 1,
@@ -271,8 +269,7 @@ class FIRO(_Base):
         self.watermark = int(watermark)
         self.pseudo_epochs = int(pseudo_epochs)
 
-    def _has_room(self):
-        return self.size < self.capacity
+    _has_room = FIFO._has_room
 
     def _insert(self, x, y, key):
         self._store(self.size, x, y, key)
@@ -294,9 +291,8 @@ class FIRO(_Base):
         m = self.size - len(gone)
         keep = np.setdiff1d(np.arange(m, self.size), gone, assume_unique=True)
         holes = np.sort(gone[gone < m])
-        for h, k in zip(holes, keep):
-            self.x[h], self.y[h], self.keys[h], self.seen[h] = \
-                self.x[k], self.y[k], self.keys[k], self.seen[k]
+        for a in (self.x, self.y, self.keys, self.seen):
+            a[holes] = a[keep]
         self.size = m
         return batch
 
