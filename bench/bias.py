@@ -1,15 +1,21 @@
 """The talk's bias table at CPU scale: validation MSE of Offline / FIFO / FIRO / Reservoir training,
 and the equal-wall-clock online-vs-offline experiment.
 
-    PYTHONPATH=$PWD python bench/bias.py --quick          # < 5 min on 2 cores
-    PYTHONPATH=$PWD python bench/bias.py --out bench-out  # the recorded run (docs/benchmarks.md)
+    PYTHONPATH=$PWD python bench/bias.py --quick        # 100 sims, 3 seeds, live runs
+    PYTHONPATH=$PWD python bench/bias.py --sims 100 --seeds 6 --sweep-seeds 2 --jobs 2 --no-live
+                                                        # the recorded table (docs/benchmarks.md)
 
 1. Table (replay): the heat2d data set of `ot run` (same parameter sets, same adapter) is solved
    once in memory; K simulations at a time emit their steps in time order, interleaved at random
    (bench/bias_replay.py), and each buffer is trained on that arrival order on a simulated clock
-   where the trainer consumes `--speed` times the simulations' sample rate. Same MLP, same batch
-   count G = samples / batch for every buffer, LR halved at two fixed batch counts; >= 3 seeds.
-   A speed sweep shows how FIRO and Reservoir depend on the trainer/simulation rate.
+   where the trainer consumes `--speed` times the simulations' sample rate. Same MLP, LR halved
+   at two fixed batch counts, `--seeds` seeds (default 6), ratios to Offline paired by seed
+   (same initial weights, same arrival order). Two budgets: (1) equal gradient steps,
+   G = samples / batch for every buffer; (2) the Reservoir trains only while the simulations run
+   (post_stream_batches 0) with a trainer `--long-speed` times faster than them (talk: its run
+   was ~15 % longer than FIFO's), the others as in (1). Sweeps: trainer speed (FIRO, Reservoir)
+   and FIRO's watermark and pseudo_epochs (`--firo-sweep`). `--jobs N` runs replays in N
+   processes.
 2. Live: one real `ot run` per buffer (real processes, shm ring) with the arrival order recorded;
    its ranking, its mixing (distinct simulations per 100 arrivals) against the model's, and a
    replay of the recorded live order.
@@ -210,7 +216,7 @@ def plot(curves, path):
         return None
     fig, ax = plt.subplots(figsize=(6, 4))
     for kind, (x, y) in curves.items():
-        ax.plot(x, y, label=kind, ls="--" if kind == "fifo" else "-")  # FIRO may hide FIFO
+        ax.plot(x, y, label=kind, ls="--" if kind == "fifo" else "-")
     ax.set_yscale("log")
     ax.set_xlabel("batches")
     ax.set_ylabel("validation MSE (K$^2$)")
