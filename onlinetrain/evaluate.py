@@ -9,8 +9,11 @@ import numpy as np
 
 
 def validate(model, val, device) -> float | None:
-    """Mean over samples of the per-sample MSE on `val`, a list of (x, y) pairs."""
+    """Mean over samples of the per-sample MSE on `val`: (x, y) pairs, as a list or as the
+    values of a {key: (x, y)} dict (Receiver.val)."""
     import torch  # noqa: PLC0415
+    if isinstance(val, dict):
+        val = list(val.values())
     if not val:
         return None
     xs = np.stack([v[0] for v in val])
