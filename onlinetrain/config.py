@@ -36,6 +36,7 @@ class SolverConfig:
     n: int = 32  # heat2d: interior nodes per side
     steps: int = 100  # heat2d: time steps
     scheme: str = "implicit"  # heat2d: implicit | explicit
+    param_order: str = "onlinetrain"  # heat2d: Tx1 Tx2 Ty1 Ty2 T_IC | "melissa": T_IC Tx1 Tx2 Ty1 Ty2
     function: str = ""  # python: "package.module:generator" yielding (step, array) from params
     argv: list = field(default_factory=list)  # program: argv template, {sim_id} {params} {p0}.. {channel}
 
@@ -48,7 +49,9 @@ class SolverConfig:
         _check(self.scheme in ("implicit", "explicit"), "solver.scheme", self.scheme,
                "use implicit or explicit")
         if self.kind == "heat2d":
-            from solvers.heat2d import Heat2DConfig, UnstableTimeStep  # noqa: PLC0415
+            from solvers.heat2d import PARAM_ORDERS, Heat2DConfig, UnstableTimeStep  # noqa: PLC0415
+            _check(self.param_order in PARAM_ORDERS, "solver.param_order", self.param_order,
+                   'use "onlinetrain" (Tx1 Tx2 Ty1 Ty2 T_IC) or "melissa" (T_IC Tx1 Tx2 Ty1 Ty2)')
             try:
                 Heat2DConfig(n=self.n, steps=self.steps, scheme=self.scheme).check_stable()
             except UnstableTimeStep as e:
