@@ -17,6 +17,7 @@ import sys
 import click
 
 from . import config as C
+from .cli_user import set_option
 from .errors import OTError
 
 log = logging.getLogger("onlinetrain")
@@ -100,9 +101,10 @@ def sample(n, seed, method, bounds, dim, start_id):
 @click.option("--connect-timeout", type=float, help="Seconds to wait for the channel to appear.")
 @click.option("--relay", is_flag=True, help="tcp:// only: simulations write to a local ring and "
               "one relay thread forwards (always on for mpi://).")
+@set_option
 @click.argument("program", nargs=-1, type=click.UNPROCESSED)
 def simulate(url, study_dir, params_file, config_path, concurrency, solver, n, steps, scheme,
-             connect_timeout, relay, program):
+             connect_timeout, relay, sets, program):
     """Run a simulation for each parameter set and stream every time step to a channel.
 
     After `--`, an external PROGRAM template ({sim_id} {params} {p0}.. {channel}) instrumented
@@ -124,14 +126,14 @@ def simulate(url, study_dir, params_file, config_path, concurrency, solver, n, s
             "solver.kind": kind, "solver.function": solver if kind == "python" else None,
             "solver.argv": list(program) or None, "solver.n": n, "solver.steps": steps,
             "solver.scheme": scheme, "simulate.concurrency": concurrency,
-            "channel.connect_timeout": connect_timeout})
-        sets = read_jsonl(params_file, getattr(params_file, "name", "<stdin>"))
+            "channel.connect_timeout": connect_timeout}, sets=sets)
+        psets = read_jsonl(params_file, getattr(params_file, "name", "<stdin>"))
         if url.startswith("mpi://"):  # every simulate rank of the MPI job reads the same file
             from .mpi_channel import share  # noqa: PLC0415
-            sets = share(sets)
+            psets = share(psets)
         from .relay import maybe_relayed  # noqa: PLC0415
         with maybe_relayed(url, relay, cfg.channel.connect_timeout) as target:
-            res = run_simulations(sets, cfg.solver, target, cfg.simulate.concurrency,
+            res = run_simulations(psets, cfg.solver, target, cfg.simulate.concurrency,
                                   cfg.channel.connect_timeout,
                                   max_restarts=cfg.simulate.max_restarts,
                                   simulation_timeout=cfg.simulate.simulation_timeout)
@@ -152,7 +154,7 @@ def _report(s: dict):
                f"{s['sims_done']} simulations ({s['sims_failed']} failed) in {s['wall_s']:.1f} s")
     if s["val_mse"] is not None:
         click.echo(f"validation MSE {s['val_mse']:.5g}  vs mean-field baseline "
-                   f"{s['mean_field_mse']:.5g}  (ratio {s['val_mse'] / s['mean_field_mse']:.3f})")
+                   f"{s['mean_field_mse']:.5g}  (ratio {s['val_mse'] / s['mean_field_mse']:.3g})")
     click.echo(json.dumps({k: s[k] for k in ("val_mse", "mean_field_mse", "batches",
                                              "samples_received", "duplicates_dropped")}))
 
@@ -166,14 +168,15 @@ def _report(s: dict):
 @click.option("--producers", type=int, help="Number of `ot simulate` processes feeding the channel.")
 @click.option("--quiet", is_flag=True)
 @click.option("--resume", is_flag=True, help="Continue from the newest good checkpoint in --out.")
-def train(url, config_path, max_batches, buffer, out_dir, producers, quiet, resume):
+@set_option
+def train(url, config_path, max_batches, buffer, out_dir, producers, quiet, resume, sets):
     """Train the surrogate from frames arriving on a channel."""
     from .runner import attach_study  # noqa: PLC0415
     from .trainer import train as train_fn  # noqa: PLC0415
     with _Guard():
         cfg = C.load(config_path, {"channel.url": url, "train.max_batches": max_batches,
                                    "buffer.kind": buffer, "output.dir": out_dir,
-                                   "simulate.producers": producers})
+                                   "simulate.producers": producers}, sets=sets)
         if cfg.validation.every == 0 and cfg.validation.first_id < 0:
             click.echo("note: no held-out simulations (set validation.every); no val MSE", err=True)
         _report(train_fn(cfg, on_progress=None if quiet else _progress, resume=resume,
@@ -186,11 +189,13 @@ def train(url, config_path, max_batches, buffer, out_dir, producers, quiet, resu
 @click.option("--out", "out_dir")
 @click.option("--quiet", is_flag=True)
 @click.option("--resume", is_flag=True, help="Continue the study in output.dir after a crash.")
-def run(config_path, max_batches, out_dir, quiet, resume):
+@set_option
+def run(config_path, max_batches, out_dir, quiet, resume, sets):
     """Run a whole study on this machine: simulations + training, no scheduler."""
     from .runner import run_study  # noqa: PLC0415
     with _Guard():
-        cfg = C.load(config_path, {"train.max_batches": max_batches, "output.dir": out_dir})
+        cfg = C.load(config_path, {"train.max_batches": max_batches, "output.dir": out_dir},
+                     sets=sets)
         _report(run_study(cfg, on_progress=None if quiet else _progress, resume=resume))
 
 
@@ -207,7 +212,9 @@ def clean(prefix):
 from .cli_net import relay as _relay_cmd  # noqa: E402
 from .cli_slurm import slurm as _slurm  # noqa: E402
 from .cli_study import status  # noqa: E402
+from .cli_user import config_group  # noqa: E402
 
+main.add_command(config_group)
 main.add_command(_slurm)
 main.add_command(_relay_cmd)
 main.add_command(status)
