@@ -19,6 +19,7 @@ import click
 from . import config as C
 from .cli_user import set_option
 from .errors import OTError
+from .progress import progress_reporter
 
 log = logging.getLogger("onlinetrain")
 
@@ -143,12 +144,6 @@ def simulate(url, study_dir, params_file, config_path, concurrency, solver, n, s
             click.echo(f"  simulation {sid}: {why}", err=True)
 
 
-def _progress(m: dict):
-    val = "-" if m["val_mse"] is None else f"{m['val_mse']:.4g}"
-    click.echo(f"batch {m['batch']:>6}  sims done {m['sims_done']:>4}  samples {m['samples']:>7}  "
-               f"train loss {m['train_loss']:.4g}  val mse {val}  lr {m['lr']:.2g}", err=True)
-
-
 def _report(s: dict):
     click.echo(f"trained {s['batches']} batches on {s['samples_received']} samples from "
                f"{s['sims_done']} simulations ({s['sims_failed']} failed) in {s['wall_s']:.1f} s")
@@ -166,7 +161,7 @@ def _report(s: dict):
 @click.option("--buffer", type=click.Choice(["reservoir", "fifo", "firo", "offline"]))
 @click.option("--out", "out_dir", help="Output directory (metrics.jsonl, checkpoint.pt).")
 @click.option("--producers", type=int, help="Number of `ot simulate` processes feeding the channel.")
-@click.option("--quiet", is_flag=True)
+@click.option("--quiet", is_flag=True, help="No progress bar or lines; only the summary.")
 @click.option("--resume", is_flag=True, help="Continue from the newest good checkpoint in --out.")
 @set_option
 def train(url, config_path, max_batches, buffer, out_dir, producers, quiet, resume, sets):
@@ -179,15 +174,18 @@ def train(url, config_path, max_batches, buffer, out_dir, producers, quiet, resu
                                    "simulate.producers": producers}, sets=sets)
         if cfg.validation.every == 0 and cfg.validation.first_id < 0:
             click.echo("note: no held-out simulations (set validation.every); no val MSE", err=True)
-        _report(train_fn(cfg, on_progress=None if quiet else _progress, resume=resume,
-                         finished=attach_study(cfg, resume)))
+        finished = attach_study(cfg, resume)
+        with progress_reporter(quiet, cfg.train.max_batches,
+                               cfg.output.dir if finished else None) as on_progress:
+            summary = train_fn(cfg, on_progress=on_progress, resume=resume, finished=finished)
+        _report(summary)
 
 
 @main.command()
 @click.argument("config_path", type=click.Path(dir_okay=False))
 @click.option("--max-batches", type=int)
 @click.option("--out", "out_dir")
-@click.option("--quiet", is_flag=True)
+@click.option("--quiet", is_flag=True, help="No progress bar or lines; only the summary.")
 @click.option("--resume", is_flag=True, help="Continue the study in output.dir after a crash.")
 @set_option
 def run(config_path, max_batches, out_dir, quiet, resume, sets):
@@ -196,7 +194,9 @@ def run(config_path, max_batches, out_dir, quiet, resume, sets):
     with _Guard():
         cfg = C.load(config_path, {"train.max_batches": max_batches, "output.dir": out_dir},
                      sets=sets)
-        _report(run_study(cfg, on_progress=None if quiet else _progress, resume=resume))
+        with progress_reporter(quiet, cfg.train.max_batches, cfg.output.dir) as on_progress:
+            summary = run_study(cfg, on_progress=on_progress, resume=resume)
+        _report(summary)
 
 
 @main.command()
