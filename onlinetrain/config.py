@@ -226,8 +226,11 @@ class ValidationConfig:
 class OutputConfig:
     dir: str = "ot-study"  # study directory: metrics.jsonl, checkpoint.pt, params.jsonl
     name: str = "study"  # study name: prefix of shm segments
+    tensorboard: bool = False  # also write the metrics to <dir>/tensorboard (the tensorboard extra)
 
     def __post_init__(self):
+        _check(isinstance(self.tensorboard, bool), "output.tensorboard", self.tensorboard,
+               "true or false")
         from .channel import _NAME  # noqa: PLC0415
         _check(bool(_NAME.match(self.name)), "output.name", self.name,
                "letters, digits, '.', '-', '_' only")

@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .tb import NullSink, tensorboard_sink
+
 log = logging.getLogger(__name__)
 
 
@@ -222,6 +224,7 @@ def train(cfg, consumer=None, expected_sims: int | None = None, on_progress=None
         rx = Receiver(consumer, buf, cfg, adapter, expected_sims)
         rx.start()
         metrics = open(out / "metrics.jsonl", "w") if writer else None
+        tb = tensorboard_sink(cfg, out) if writer else NullSink()  # output.tensorboard
         model = ddp_model = opt = sched = None
         pending, batches, sse_acc, n_acc, val_mse, n_stop = None, 0, 0.0, 0, None, 0
         dims = torch.zeros(2, dtype=torch.int64)
@@ -280,6 +283,7 @@ def train(cfg, consumer=None, expected_sims: int | None = None, on_progress=None
                          "sims_done": int(counts[2]), "ranks": env.world}
                     metrics.write(json.dumps(m) + "\n")
                     metrics.flush()
+                    tb.add(m)
                     if on_progress:
                         on_progress(m)
         if local_error is not None:

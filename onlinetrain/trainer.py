@@ -30,6 +30,7 @@ from .channel import open_consumer
 from .reservoir import make_buffer
 from .shm_channel import Empty
 from .surrogate import import_function
+from .tb import tensorboard_sink
 
 log = logging.getLogger(__name__)
 
@@ -223,6 +224,7 @@ def train(cfg, consumer=None, expected_sims: int | None = None, on_progress=None
                     ck["path"], batches, rx.samples, len(rx.sims_done))
     rx.start()
     metrics = open(out / "metrics.jsonl", "a" if ck is not None else "w")
+    tb = tensorboard_sink(cfg, out)  # output.tensorboard: the same scalars for TensorBoard
 
     def save_checkpoint(final=False, summary=None):
         state = checkpoint.capture(model, opt, sched, batches, rx, buf, cfg)
@@ -263,6 +265,7 @@ def train(cfg, consumer=None, expected_sims: int | None = None, on_progress=None
                 loss_acc, loss_n = 0.0, 0
                 metrics.write(json.dumps(m) + "\n")
                 metrics.flush()
+                tb.add(m)
                 if on_progress:
                     on_progress(m)
         rx.stop_event.set()
