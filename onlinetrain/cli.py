@@ -212,9 +212,10 @@ def clean(prefix):
 from .cli_net import relay as _relay_cmd  # noqa: E402
 from .cli_slurm import slurm as _slurm  # noqa: E402
 from .cli_study import status  # noqa: E402
-from .cli_user import config_group  # noqa: E402
+from .cli_user import config_group, report  # noqa: E402
 
 main.add_command(config_group)
+main.add_command(report)
 main.add_command(_slurm)
 main.add_command(_relay_cmd)
 main.add_command(status)

@@ -49,3 +49,14 @@ def config_show(config_path, sets):
         cfg = C.load(config_path, sets=sets)
         click.echo(resolved_toml(cfg, f"resolved configuration of {config_path or 'the defaults'}"),
                    nl=False)
+
+
+@click.command("report")
+@click.argument("study_dir", type=click.Path(file_okay=False))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False),
+              help="Where to write report.html and the PNGs (default: STUDY_DIR/report).")
+def report(study_dir, out_dir):
+    """One self-contained HTML report (plus PNGs) of a study: running, finished or crashed."""
+    from .report import build_report  # noqa: PLC0415
+    with _OneLine():
+        click.echo(str(build_report(study_dir, out_dir)))

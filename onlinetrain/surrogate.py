@@ -7,6 +7,9 @@ does with Melissa's server subclass:
     adapter = "mypkg.surrogate:frame_to_xy"   # fn(frame, cfg) -> (x, y) float32 1-D arrays
     builder = "mypkg.surrogate:build_model"   # fn(in_dim, out_dim, cfg) -> torch.nn.Module
 
+An adapter may carry `field_shape(cfg) -> tuple` (the shape of y before flattening): `ot report`
+then draws held-out fields as images instead of flat profiles.
+
 heat2d's adapter: x = (5 temperatures scaled to [-1, 1], t / t_end), y = (T - 300 K) / 100 K, so
 the MSE reported by the trainer is in units of (100 K)^2 (multiply by 1e4 for K^2).
 """
@@ -29,6 +32,9 @@ def heat2d_xy(frame, cfg) -> tuple[np.ndarray, np.ndarray]:
     x[5] = frame.time_step / cfg.solver.steps
     y = (np.asarray(frame.array, dtype=np.float32).reshape(-1) - T_CENTER) / T_SCALE
     return x, y
+
+
+heat2d_xy.field_shape = lambda cfg: (cfg.solver.n, cfg.solver.n)  # y is the n x n field, flat
 
 
 def build_mlp(in_dim: int, out_dim: int, cfg):

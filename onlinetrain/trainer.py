@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import checkpoint
+from . import checkpoint, valfields
 from . import frame as fr
 from .channel import open_consumer
 from .reservoir import make_buffer
@@ -258,6 +258,7 @@ def train(cfg, consumer=None, expected_sims: int | None = None, on_progress=None
                 save_checkpoint()
             if batches % cfg.train.val_every == 0:
                 val_mse = _validate(model, rx.val, device)
+                valfields.save(out, model, rx.val, device, cfg, batches, adapter)  # ot report
                 m = {"batch": batches, "time": round(time.monotonic() - t0, 3),
                      "lr": sched.get_last_lr()[0], "train_loss": loss_acc / loss_n,
                      "val_mse": val_mse, "samples": rx.samples, "buffer": len(buf),
@@ -275,6 +276,7 @@ def train(cfg, consumer=None, expected_sims: int | None = None, on_progress=None
                              f"({rx.frames} frames, {rx.rejected} rejected): is a simulation running "
                              f"and sending to this channel?")
         val_mse = _validate(model, rx.val, device)
+        valfields.save(out, model, rx.val, device, cfg, batches, adapter)
         mean_field = None
         if rx.val and rx.y_count:
             mean_y = (rx.y_sum / rx.y_count).astype(np.float32)
