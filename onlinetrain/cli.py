@@ -10,50 +10,16 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import signal
-import sys
+import threading
 
 import click
 
 from . import config as C
+from .cli_common import Guard as _Guard
 from .cli_user import set_option
-from .errors import OTError
 from .progress import progress_reporter
 
 log = logging.getLogger("onlinetrain")
-
-
-class _Guard:
-    """Library errors -> ClickException; SIGTERM behaves like Ctrl-C (cleanup runs either way).
-
-    After a real SIGINT/SIGTERM, once the library's cleanup has run, the process ends with
-    os._exit(130): CPython may otherwise still report the caught interrupt as death by SIGINT."""
-
-    def __enter__(self):
-        self.signalled = False
-
-        def on_signal(signum, frame):
-            if self.signalled:
-                return  # one interrupt is enough: let the cleanup finish
-            self.signalled = True
-            raise KeyboardInterrupt
-        self.old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-        return self
-
-    def __exit__(self, etype, exc, tb):
-        for s, h in self.old.items():
-            signal.signal(s, h)
-        if etype is KeyboardInterrupt:
-            click.echo("interrupted; children stopped and shared memory removed", err=True)
-            if self.signalled:
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(130)
-            sys.exit(130)
-        if etype is not None and issubclass(etype, OTError):
-            raise click.ClickException(str(exc)) from exc
-        return False
 
 
 @click.group()
@@ -168,7 +134,8 @@ def train(url, config_path, max_batches, buffer, out_dir, producers, quiet, resu
     """Train the surrogate from frames arriving on a channel."""
     from .runner import attach_study  # noqa: PLC0415
     from .trainer import train as train_fn  # noqa: PLC0415
-    with _Guard():
+    stop = threading.Event()  # the first signal stops the loop between two steps
+    with _Guard(stop_event=stop):
         cfg = C.load(config_path, {"channel.url": url, "train.max_batches": max_batches,
                                    "buffer.kind": buffer, "output.dir": out_dir,
                                    "simulate.producers": producers}, sets=sets)
@@ -177,7 +144,8 @@ def train(url, config_path, max_batches, buffer, out_dir, producers, quiet, resu
         finished = attach_study(cfg, resume)
         with progress_reporter(quiet, cfg.train.max_batches,
                                cfg.output.dir if finished else None) as on_progress:
-            summary = train_fn(cfg, on_progress=on_progress, resume=resume, finished=finished)
+            summary = train_fn(cfg, on_progress=on_progress, resume=resume, finished=finished,
+                               stop_event=stop)
         _report(summary)
 
 
@@ -191,11 +159,12 @@ def train(url, config_path, max_batches, buffer, out_dir, producers, quiet, resu
 def run(config_path, max_batches, out_dir, quiet, resume, sets):
     """Run a whole study on this machine: simulations + training, no scheduler."""
     from .runner import run_study  # noqa: PLC0415
-    with _Guard():
+    stop = threading.Event()  # the first signal stops simulations and training cleanly
+    with _Guard(stop_event=stop):
         cfg = C.load(config_path, {"train.max_batches": max_batches, "output.dir": out_dir},
                      sets=sets)
         with progress_reporter(quiet, cfg.train.max_batches, cfg.output.dir) as on_progress:
-            summary = run_study(cfg, on_progress=on_progress, resume=resume)
+            summary = run_study(cfg, on_progress=on_progress, resume=resume, stop_event=stop)
         _report(summary)
 
 

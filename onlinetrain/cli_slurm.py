@@ -16,7 +16,7 @@ from .cli_user import set_option
 
 
 def _guard():
-    from .cli import _Guard  # noqa: PLC0415
+    from .cli_common import Guard as _Guard  # noqa: PLC0415
     return _Guard()
 
 

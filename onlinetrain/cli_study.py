@@ -103,7 +103,7 @@ def status_text(study_dir) -> str:
               help="Seconds between refreshes (--watch).")
 def status(study_dir, as_json, watch, interval):
     """Show a study's ledger (pending / running / done / failed) and training progress."""
-    from .cli import _Guard  # noqa: PLC0415
+    from .cli_common import Guard as _Guard  # noqa: PLC0415
     from .ledger import LedgerError  # noqa: PLC0415
     with _Guard():
         try:

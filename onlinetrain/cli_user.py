@@ -4,13 +4,13 @@
     ot config show examples/heat2d.toml --set train.lr=1e-3 --set buffer.kind=fifo
     ot report ot-study/heat2d                     # -> ot-study/heat2d/report/report.html
 
-Imports library code only, never cli.py (cli.py registers these commands).
+Imports library code and cli_common only, never cli.py (cli.py registers these commands).
 """
 from __future__ import annotations
 
 import click
 
-from .errors import OTError
+from .cli_common import Guard
 
 
 def set_option(f):
@@ -19,18 +19,6 @@ def set_option(f):
         "--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE",
         help="Override one config key (repeatable); VALUE is a TOML literal (1e-3, true, "
              "[100, 200], \"text\") or a bare word taken as a string (fifo).")(f)
-
-
-class _OneLine:
-    """Library errors -> one-line ClickException (these commands start no children)."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, etype, exc, tb):
-        if etype is not None and issubclass(etype, OTError):
-            raise click.ClickException(str(exc)) from exc
-        return False
 
 
 @click.group("config")
@@ -45,7 +33,7 @@ def config_show(config_path, sets):
     """Print the resolved configuration (TOML) and where each value came from."""
     from . import config as C  # noqa: PLC0415
     from .config_view import resolved_toml  # noqa: PLC0415
-    with _OneLine():
+    with Guard():
         cfg = C.load(config_path, sets=sets)
         click.echo(resolved_toml(cfg, f"resolved configuration of {config_path or 'the defaults'}"),
                    nl=False)
@@ -58,5 +46,5 @@ def config_show(config_path, sets):
 def report(study_dir, out_dir):
     """One self-contained HTML report (plus PNGs) of a study: running, finished or crashed."""
     from .report import build_report  # noqa: PLC0415
-    with _OneLine():
+    with Guard():
         click.echo(str(build_report(study_dir, out_dir)))

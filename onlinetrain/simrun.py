@@ -26,7 +26,7 @@ def generator(solver: dict, params):
                                  param_order=solver.get("param_order", "onlinetrain")):
             yield k, u.astype(np.float32)
         return
-    from .surrogate import import_function  # noqa: PLC0415
+    from .imports import import_function  # noqa: PLC0415
     yield from import_function(solver["function"])(params)
 
 

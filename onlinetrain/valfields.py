@@ -10,7 +10,7 @@ then renamed (a reader never sees half a file); plain numpy arrays, never pickle
     shape (d,) int64: the field's shape when the adapter knows it (`adapter.field_shape(cfg)`),
     else empty (the report then plots flat profiles); batch () int64: the batch count.
 
-    save(out_dir, model, val, device, cfg, batch)         # val: {(sim_id, step): (x, y)}
+    save(out_dir, model, rx, device, cfg, batch)   # rx: the Receiver (val {(sim, step): (x, y)})
     data = load(out_dir)                                  # dict of arrays, or None
 """
 from __future__ import annotations
@@ -47,19 +47,25 @@ def field_shape(adapter, cfg) -> tuple:
     return shape
 
 
-def save(out_dir, model, val: dict, device, cfg, batch: int, adapter=None) -> Path | None:
-    """Predict the picked held-out samples with `model` and write FILENAME atomically."""
+def save(out_dir, model, rx, device, cfg, batch: int) -> Path | None:
+    """Predict the picked held-out samples of the receiver `rx` with `model`; write FILENAME
+    atomically. Nothing without a model or held-out samples."""
     import torch  # noqa: PLC0415
-    keys = pick(list(val.keys()))  # list(): one atomic copy while the receiver adds more
-    if model is None or not keys:
+    if model is None or rx is None:
         return None
-    x = np.stack([val[k][0] for k in keys]).astype(np.float32)
-    y = np.stack([val[k][1] for k in keys]).astype(np.float32)
+    with rx.lock:  # the receiver inserts meanwhile
+        keys = pick(list(rx.val.keys()))
+        pairs = [rx.val[k] for k in keys]
+    if not keys:
+        return None
+    x = np.stack([p[0] for p in pairs]).astype(np.float32)
+    y = np.stack([p[1] for p in pairs]).astype(np.float32)
     was_training = model.training
     model.eval()
     with torch.no_grad():
         pred = model(torch.from_numpy(x).to(device)).float().cpu().numpy()
     model.train(was_training)
+    adapter = getattr(rx, "adapter", None)
     shape = field_shape(adapter, cfg) if adapter is not None else ()
     if shape and int(np.prod(shape)) != y.shape[1]:
         shape = ()

@@ -35,7 +35,7 @@ def test_tensorboard_off_by_default_and_checked(tmp_path):
     assert cfg.output.tensorboard is False
     tensorboard_sink(cfg, tmp_path).add({"batch": 1, "train_loss": 0.5})
     assert not (tmp_path / DIRNAME).exists()
-    with pytest.raises(config.ConfigError, match="output.tensorboard = 'yes': true or false"):
+    with pytest.raises(config.ConfigError, match="output.tensorboard = 'yes': expected true or false"):
         config.load(None, {"output.tensorboard": "yes"})
 
 
