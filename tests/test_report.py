@@ -67,11 +67,11 @@ def studies(tmp_path_factory):
                          start_new_session=True)
     try:
         assert wait_until(lambda: (study / "metrics.jsonl").exists()
-                          and (study / "metrics.jsonl").read_text().count("\n") >= 1, 150)
+                          and (study / "metrics.jsonl").read_text().count("\n") >= 1, 250)
         running = d / "running"
         r = CliRunner().invoke(main, ["report", str(study), "--out", str(running)])
         assert r.exit_code == 0, r.output
-        out, err = p.communicate(timeout=170)
+        out, err = p.communicate(timeout=280)
     finally:
         if p.poll() is None:
             os.killpg(p.pid, signal.SIGKILL)
@@ -80,7 +80,7 @@ def studies(tmp_path_factory):
     return {"study": study, "running": running / "report.html", "dir": d}
 
 
-@pytest.mark.timeout(400)
+@pytest.mark.timeout(600)
 def test_report_of_a_finished_study_renders(browser, studies):
     study = studies["study"]
     path = report(study)
@@ -102,7 +102,7 @@ def test_report_of_a_finished_study_renders(browser, studies):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.mark.timeout(400)
+@pytest.mark.timeout(600)
 def test_validation_fields_file_holds_held_out_fields(studies):
     with np.load(studies["study"] / FILENAME, allow_pickle=False) as z:
         f = {k: z[k] for k in z.files}
@@ -114,7 +114,7 @@ def test_validation_fields_file_holds_held_out_fields(studies):
     assert 0 < mse < float(((f["y_true"] - f["y_true"].mean(0)) ** 2).mean()) * 2
 
 
-@pytest.mark.timeout(400)
+@pytest.mark.timeout(600)
 def test_report_made_while_the_study_ran(browser, studies):
     errors, images, sections, text = open_report(browser, studies["running"])
     assert errors == [] and images and all(w and w > 0 for _, w in images)
@@ -122,7 +122,7 @@ def test_report_made_while_the_study_ran(browser, studies):
     assert {"overview", "training", "simulations"} <= set(sections)
 
 
-@pytest.mark.timeout(400)
+@pytest.mark.timeout(600)
 def test_report_of_a_crashed_study_and_optional_sections(browser, studies, tmp_path):
     crashed = tmp_path / "crashed"
     shutil.copytree(studies["study"], crashed, ignore=shutil.ignore_patterns("report"))
