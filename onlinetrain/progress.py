@@ -137,13 +137,15 @@ def watch_status(study_dir, render, interval: float = 2.0, until_finished: bool 
     try:
         if not console.is_terminal:
             while True:
+                done_before = finished()  # one more snapshot after the study ended
                 click.echo(render(study_dir) + "\n")
-                if finished():
+                if done_before:
                     return
                 time.sleep(interval)
         with Live(Text(render(study_dir)), console=console, auto_refresh=False) as live:
             while not finished():
                 time.sleep(interval)
                 live.update(Text(render(study_dir)), refresh=True)
+            live.update(Text(render(study_dir)), refresh=True)  # the final state, once more
     except KeyboardInterrupt:  # the way out of an endless watch: not an error
         pass
