@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import checkpoint, ddp
+from . import checkpoint, ddp, valfields
 from .channel import open_consumer
 from .config import ConfigError
 from .errors import OTError
@@ -38,6 +38,7 @@ from .imports import import_function
 from .prefetch import Prefetcher
 from .reservoir import from_config as buffer_from_config
 from .receiver import Receiver
+from .tb import tensorboard_sink
 
 log = logging.getLogger(__name__)
 
@@ -273,7 +274,7 @@ class _Loop:
         rx = self.rx
         if rx is None:
             return [self.buf.received, 0, 0, 0, 0, 0]
-        return [rx.samples, len(rx.val), rx.duplicates, rx.rejected, len(rx.sims_done),
+        return [rx.samples, len(rx.val_arrays()[2]), rx.duplicates, rx.rejected, len(rx.sims_done),
                 len(rx.sims_failed)]
 
     def _log(self, t0, loss_acc, n_acc, wait, span):
@@ -291,6 +292,8 @@ class _Loop:
         if self.writer:
             self.metrics.write(json.dumps(m) + "\n")
             self.metrics.flush()
+            self.tb.add(m)  # output.tensorboard: the same scalars for TensorBoard
+            valfields.save(self.out, self.model, self.rx, self.device, self.cfg, self.batches)
             if self.on_progress:
                 self.on_progress(m)
         return val_mse
@@ -316,6 +319,7 @@ class _Loop:
                 if self.ck is not None:
                     checkpoint.trim_metrics(self.out / "metrics.jsonl", self.batches)
                 self.metrics = open(self.out / "metrics.jsonl", "a" if self.ck else "w")
+                self.tb = tensorboard_sink(self.cfg, self.out)
             return self._run()
         finally:
             self.pf.close()
@@ -425,6 +429,7 @@ class _Loop:
                                            4)}
         self.save(final=True, summary=summary)  # rank 0 also writes <out>/checkpoint.pt
         if self.writer:
+            valfields.save(self.out, self.model, rx, self.device, cfg, self.batches)  # ot report
             (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         if cfg.buffer.record_arrivals:
             name = "arrivals.npy" if env.rank == 0 else f"arrivals-rank{env.rank}.npy"
