@@ -9,15 +9,11 @@ import numpy as np
 
 
 def validate(model, val, device) -> float | None:
-    """Mean over samples of the per-sample MSE on `val`: (x, y) pairs, as a list or as the
-    values of a {key: (x, y)} dict (Receiver.val)."""
+    """Mean over samples of the per-sample MSE on `val`, the (x, y) arrays of the validation set."""
     import torch  # noqa: PLC0415
-    if isinstance(val, dict):
-        val = list(val.values())
-    if not val:
+    xs, ys = val
+    if not len(xs):
         return None
-    xs = np.stack([v[0] for v in val])
-    ys = np.stack([v[1] for v in val])
     total = 0.0
     with torch.no_grad():
         for i in range(0, len(xs), 1024):
@@ -27,12 +23,12 @@ def validate(model, val, device) -> float | None:
     return total / len(xs)
 
 
-def val_items(rx) -> list:
-    """A snapshot of the validation set, taken under the receiver's lock (it inserts meanwhile)."""
+def val_items(rx) -> tuple[np.ndarray, np.ndarray]:
+    """(x, y) of the validation set: one consistent snapshot (the receiver inserts meanwhile)."""
     if rx is None:
-        return []
-    with rx.lock:
-        return list(rx.val.values())
+        return np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32)
+    x, y, _ = rx.val_arrays()
+    return x, y
 
 
 def mean_field_mse(rx, c) -> float | None:
@@ -45,9 +41,8 @@ def mean_field_mse(rx, c) -> float | None:
     y_sum = np.zeros(dim) if rx.y_sum is None or rx.y_sum.size != dim else rx.y_sum
     totals = c.sum(y_sum) if dim else np.zeros(0)
     sse, cnt = 0.0, 0
-    val = val_items(rx)
-    if val and n:
-        ys = np.stack([v[1] for v in val])
+    ys = val_items(rx)[1]
+    if len(ys) and n:
         sse, cnt = float(((ys - totals / n) ** 2).mean(axis=1).sum()), len(ys)
     sse, cnt = c.sum([sse, cnt])
     return float(sse / cnt) if cnt else None

@@ -37,6 +37,7 @@ from .imports import import_function
 from .prefetch import Prefetcher
 from .reservoir import from_config as buffer_from_config
 from .receiver import Receiver
+from .tb import tensorboard_sink
 
 log = logging.getLogger(__name__)
 
@@ -232,14 +233,14 @@ class _Loop:
         rx = self.rx
         if rx is None:
             return [self.buf.received, 0, 0, 0, 0, 0]
-        return [rx.samples, len(rx.val), rx.duplicates, rx.rejected, len(rx.sims_done),
+        return [rx.samples, len(rx.val_arrays()[2]), rx.duplicates, rx.rejected, len(rx.sims_done),
                 len(rx.sims_failed)]
 
     def _log(self, t0, loss_acc, n_acc, wait, span):
         c = self.coll
         v_mse = evaluate.validate(self.model, items := evaluate.val_items(self.rx), self.device)
-        v_sse, v_n, t_sse, t_n, w = c.sum([0.0 if v_mse is None else v_mse * len(items),
-                                           len(items), float(loss_acc), n_acc, wait])
+        v_sse, v_n, t_sse, t_n, w = c.sum([0.0 if v_mse is None else v_mse * len(items[0]),
+                                           len(items[0]), float(loss_acc), n_acc, wait])
         counts = c.sum_ints(self._counts() + [len(self.buf)])
         val_mse = float(v_sse / v_n) if v_n else None
         m = {"batch": self.batches, "time": round(time.monotonic() - t0, 3),
@@ -250,6 +251,8 @@ class _Loop:
         if self.writer:
             self.metrics.write(json.dumps(m) + "\n")
             self.metrics.flush()
+            self.tb.add(m)  # output.tensorboard: the same scalars for TensorBoard
+            valfields.save(self.out, self.model, self.rx, self.device, self.cfg, self.batches)
             if self.on_progress:
                 self.on_progress(m)
         return val_mse
@@ -260,6 +263,7 @@ class _Loop:
                 if self.ck is not None:
                     checkpoint.trim_metrics(self.out / "metrics.jsonl", self.batches)
                 self.metrics = open(self.out / "metrics.jsonl", "a" if self.ck else "w")
+                self.tb = tensorboard_sink(self.cfg, self.out)
             return self._run()
         finally:
             self.pf.close()
@@ -355,7 +359,7 @@ class _Loop:
                              f"channel?", cfg.channel_url)
         items = evaluate.val_items(rx)
         v_mse = evaluate.validate(self.model, items, self.device)
-        v_sse, v_n = c.sum([0.0 if v_mse is None else v_mse * len(items), len(items)])
+        v_sse, v_n = c.sum([0.0 if v_mse is None else v_mse * len(items[0]), len(items[0])])
         tot = c.sum_ints(self._counts() + [getattr(self.consumer, "abandoned", 0)])
         wall = time.monotonic() - t0
         summary = {"val_mse": float(v_sse / v_n) if v_n else None,
@@ -369,6 +373,7 @@ class _Loop:
                        float(c.sum([wait_all])[0]) / env.world / max(wall, 1e-9), 4)}
         self.save(final=True, summary=summary)  # rank 0 also writes <out>/checkpoint.pt
         if self.writer:
+            valfields.save(self.out, self.model, rx, self.device, cfg, self.batches)  # ot report
             (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         if cfg.buffer.record_arrivals:
             name = "arrivals.npy" if env.rank == 0 else f"arrivals-rank{env.rank}.npy"
