@@ -3,7 +3,7 @@
 A checkpoint holds everything the trainer needs to continue exactly where it was: model,
 optimizer, LR scheduler, RNG states (torch and the buffer's numpy generator), batch count, the
 buffer's contents (x, y, keys, times served, size, counters), the validation samples, and the
-receiver's accounting: every (simulation, time step) taken and the simulations fully received.
+receiver's own section (Receiver.state_dict: per-simulation accounting, docs/step.md).
 
     state = capture(model, opt, sched, batches, rx, buf, cfg)   # consistent: receiver paused
     save(out_dir, state, keep=2)        # <out>/checkpoints/ckpt-000001200.pt + .sha256
@@ -46,8 +46,8 @@ def _t(a, dtype=None):
     return torch.from_numpy(np.ascontiguousarray(a if dtype is None else np.asarray(a, dtype)))
 
 
-# --- the components' sections. The buffer owns its own (state_dict / load_state_dict, every kind);
-# the Receiver's stand-ins below (today's fields) go once it has those methods.
+# --- the components' sections: the buffer and the receiver own theirs (state_dict /
+# load_state_dict).
 def _buffer_state(buf) -> dict:
     # the receiver starts afresh on resume and signals the end of the stream again (a resumed
     # study may bring more simulations), so the buffer is saved as not ended
@@ -63,35 +63,11 @@ def _buffer_load(buf, b: dict):
 
 
 def _receiver_state(rx) -> dict:
-    if hasattr(rx, "state_dict"):
-        return rx.state_dict()
-    seen = np.array(sorted(rx.seen), np.int64).reshape(-1, 2)
-    vkeys = list(rx.val)
-    r = {"seen": _t(seen), "sims_done": sorted(rx.sims_done),
-         "sims_failed": {str(k): v for k, v in rx.sims_failed.items()},
-         "frames": rx.frames, "samples": rx.samples, "duplicates": rx.duplicates,
-         "rejected": rx.rejected, "y_count": rx.y_count,
-         "y_sum": None if rx.y_sum is None else _t(rx.y_sum.copy()),
-         "val_keys": _t(np.array(vkeys, np.int64).reshape(-1, 2))}
-    if vkeys:
-        r["val_x"] = _t(np.stack([rx.val[k][0] for k in vkeys]))
-        r["val_y"] = _t(np.stack([rx.val[k][1] for k in vkeys]))
-    return r
+    return rx.state_dict()  # the receiver's own section (onlinetrain/receiver.py, docs/step.md)
 
 
 def _receiver_load(rx, r: dict):
-    if hasattr(rx, "load_state_dict"):
-        return rx.load_state_dict(r)
-    rx.seen = set(map(tuple, r["seen"].numpy().tolist()))
-    rx.sims_done = set(r["sims_done"])
-    rx.sims_failed = {int(k): v for k, v in r["sims_failed"].items()}
-    rx.frames, rx.samples, rx.duplicates, rx.rejected = \
-        r["frames"], r["samples"], r["duplicates"], r["rejected"]
-    rx.y_count = r["y_count"]
-    rx.y_sum = None if r["y_sum"] is None else r["y_sum"].numpy().copy()
-    vk = r["val_keys"].numpy().tolist()
-    rx.val = {tuple(k): (r["val_x"][i].numpy().copy(), r["val_y"][i].numpy().copy())
-              for i, k in enumerate(vk)}
+    rx.load_state_dict(r)
 
 
 def record_dims(model, in_dim: int, out_dim: int):
@@ -317,8 +293,10 @@ def receiver_sections(ck: dict) -> list[dict]:
 
 
 def fully_received(ck: dict | None) -> set[int]:
-    """Simulations whose every step reached the trainer (any rank) by checkpoint `ck`."""
-    return {int(i) for r in receiver_sections(ck) for i in r["sims_done"]}
+    """Simulations whose every step, field and piece (as their SIM_END announced) reached the
+    trainer (any rank) by checkpoint `ck`."""
+    from .receiver import fully_received as done  # noqa: PLC0415
+    return {i for r in receiver_sections(ck) for i in done(r)}
 
 
 def restore_stream(ck: dict, rx, buf):

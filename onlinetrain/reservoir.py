@@ -120,6 +120,39 @@ class _Base:
             self.cond.notify_all()
             return True
 
+    def put_many(self, x, y, keys, timeout: float | None = None) -> int:
+        """Insert the rows of `x`, `y` (keys: (n, 2)) under one lock round-trip, in order; returns
+        how many went in (fewer than n only if the buffer stayed full for `timeout`)."""
+        n = len(keys)
+        if n == 0:
+            return 0
+        with self.cond:
+            self._check(x[0], y[0])
+            if x.shape[1:] != (self.x.shape[1],) or y.shape[1:] != (self.y.shape[1],):
+                raise BufferError_(f"samples of shapes {x.shape}, {y.shape} do not match the "
+                                   f"buffer's rows ({self.x.shape[1]}, {self.y.shape[1]})",
+                                   (x.shape, y.shape))
+            done = 0
+            while done < n:
+                if not self.cond.wait_for(lambda: self._woke() and (self._has_room() or self.ended),
+                                          timeout if done == 0 else 0):
+                    break
+                k = self._insert_many(x[done:], y[done:], keys[done:])
+                if self._arrivals is not None:
+                    self._arrivals.extend(map(tuple, keys[done:done + k].tolist()))
+                done += k
+                self.received += k
+                self.cond.notify_all()
+            return done
+
+    def _insert_many(self, x, y, keys) -> int:
+        """Insert rows while there is room (at least one); how many."""
+        k = 0
+        while k < len(keys) and (k == 0 or self._has_room()):
+            self._insert(x[k], y[k], keys[k])
+            k += 1
+        return k
+
     def _woke(self) -> bool:
         self.wakeups += 1
         return True
@@ -330,6 +363,23 @@ class Reservoir(_Base):
             self.evicted_unseen += int(self.seen[i] == 0)
             self._store(i, x, y, key)
             self.evicted += 1
+
+    def _insert_many(self, x, y, keys) -> int:
+        """Vectorised `_insert`: the same draws, in the same order, as one `_insert` per row."""
+        n = len(keys)
+        m = min(n, self.capacity - self.size)
+        if m:
+            sl = slice(self.size, self.size + m)
+            self.x[sl], self.y[sl], self.keys[sl], self.seen[sl] = x[:m], y[:m], keys[:m], 0
+            self.size += m
+        if n > m:
+            idx = self.rng.integers(self.capacity, size=n - m)
+            uniq, first = np.unique(idx, return_index=True)
+            # a slot drawn twice held, the second time, a sample just stored and never served
+            self.evicted_unseen += int((self.seen[idx[first]] == 0).sum()) + (len(idx) - len(uniq))
+            self.x[idx], self.y[idx], self.keys[idx], self.seen[idx] = x[m:], y[m:], keys[m:], 0
+            self.evicted += n - m
+        return n
 
     def _ready(self, b):
         return self.size >= self.watermark or (self.ended and self.size > 0)
