@@ -294,3 +294,27 @@ def solve_ref(n, steps):
     sys.path.insert(0, str(ROOT))
     from solvers import heat2d
     return heat2d.solve(PARAMS, n=n, steps=steps)
+
+
+def test_clientflags_names_a_missing_compiler(tmp_path, monkeypatch):
+    monkeypatch.setenv("OT_CLIENT_CACHE", str(tmp_path))
+    with pytest.raises(clientflags.ClientBuildError, match="C compiler 'no-such-cc' not found: "
+                                                           "install one .*--cc") as e:
+        clientflags.flags(cc="no-such-cc")
+    assert e.value.value == "no-such-cc"
+    r = subprocess.run([sys.executable, "-m", "onlinetrain.clientflags", "--fortran", "--fc",
+                        "no-such-fc", "--libs"], capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 1 and "Fortran compiler 'no-such-fc' not found" in r.stderr
+
+
+def test_clientflags_builds_once_and_prints_usable_flags(tmp_path, monkeypatch):
+    monkeypatch.setenv("OT_CLIENT_CACHE", str(tmp_path))
+    d = clientflags.build()
+    lib = d / "lib" / "libotclient.a"
+    t = lib.stat().st_mtime_ns
+    assert clientflags.build() == d and lib.stat().st_mtime_ns == t  # cached, not rebuilt
+    r = subprocess.run([sys.executable, "-m", "onlinetrain.clientflags", "--cflags", "--libs"],
+                       capture_output=True, text=True, check=True,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.stdout.split() == [f"-I{d / 'include'}", f"-L{d / 'lib'}", "-lotclient", "-lpthread"]
