@@ -233,7 +233,7 @@ class Driver:
         while True:
             self._start_trainer(trainer_attempt, ck)
             if ck is not None:  # given up after the checkpoint: tell the new trainer again
-                known = {int(k) for k in ck["receiver"]["sims_failed"]}
+                known = {int(k) for k in ck["sections"]["receiver"]["sims_failed"]}
                 for sid in sorted(set(self.failed) - known):
                     self._notify(fr.SIM_FAILED, sid, self.failed[sid])
             code = self._run_sims(pending, params)

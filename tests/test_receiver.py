@@ -5,7 +5,7 @@ import pytest
 from onlinetrain import config, frame as fr
 from onlinetrain.reservoir import make_buffer
 from onlinetrain.shm_channel import RingConsumer, RingProducer
-from onlinetrain.trainer import Receiver
+from onlinetrain.receiver import Receiver
 
 
 def view_adapter(frame, cfg):
