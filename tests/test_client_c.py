@@ -319,3 +319,22 @@ def test_clientflags_builds_once_and_prints_usable_flags(tmp_path, monkeypatch):
                        env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert r.stdout.split() == [f"-I{d / 'include'}", f"-L{d / 'lib'}", "-lotclient", "-lpthread"]
 
+
+
+@pytest.mark.timeout(60)
+def test_c_writer_blocked_on_a_full_ring_learns_the_consumer_is_gone(built, ring_name):
+    ring = RingConsumer.create(ring_name, 64 << 10)  # fills after a few frames: backpressure
+    p = subprocess.Popen([str(built["writer"]), "300"], env=env_for(ring_name),
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.0)
+        assert p.poll() is None  # waiting for room
+        ring.close()
+        assert p.wait(10) == 1
+        err = p.stderr.read()
+        assert f"the consumer (trainer) is gone: the consumer of shm://{ring_name}" in err
+    finally:
+        if p.poll() is None:
+            p.kill()
+        p.wait()
+        p.stderr.close()
