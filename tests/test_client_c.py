@@ -62,6 +62,9 @@ def built(tmp_path_factory):
         subprocess.run([mpi["fc"], "-O2", "-ffp-contract=off", "-Wall", *fflags,
                         str(ROOT / "examples/c/heat2d_mpi.f90"), "-o", str(out["heat_f"]), *flibs],
                        check=True, cwd=d)
+        subprocess.run([mpi["fc"], "-O2", "-Wall", *fflags, str(ROOT / "tests/c/fwriter.f90"), "-o",
+                        str(d / "fwriter"), *flibs], check=True, cwd=d)
+        out["fwriter"] = d / "fwriter"
         out["mpiexec"] = mpi["run"]
         yield out
     finally:
@@ -338,3 +341,19 @@ def test_c_writer_blocked_on_a_full_ring_learns_the_consumer_is_gone(built, ring
             p.kill()
         p.wait()
         p.stderr.close()
+
+
+@pytest.mark.timeout(60)
+def test_fortran_module_axis_order_metadata_and_messages(built, ring_name):
+    with RingConsumer.create(ring_name, 1 << 20) as ring:
+        r = subprocess.run([str(built["fwriter"])], capture_output=True, text=True,
+                           env=env_for(ring_name, params=[0.5]), timeout=30)
+        assert r.returncode == 0, r.stderr
+        fs = drain(ring)
+    a = fs[0]
+    # a(3, 2) in Fortran arrives as shape (2, 3): element [j, i] is a(i, j) = 10 i + j + p(1)
+    assert a.name == "A" and a.array.dtype == np.float32 and a.array.shape == (2, 3)
+    assert a.array.tolist() == [[10 * i + j + 0.5 for i in (1, 2, 3)] for j in (1, 2)]
+    assert a.meta == b'{"k": 1}' and list(a.params) == [0.5]
+    assert "field name '' has 0 bytes: use 1..255" in r.stdout
+    assert fr.sim_end_counts(fs[-1]) == {"A": (1, 1)}
