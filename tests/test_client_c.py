@@ -357,3 +357,26 @@ def test_fortran_module_axis_order_metadata_and_messages(built, ring_name):
     assert a.meta == b'{"k": 1}' and list(a.params) == [0.5]
     assert "field name '' has 0 bytes: use 1..255" in r.stdout
     assert fr.sim_end_counts(fs[-1]) == {"A": (1, 1)}
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("prog", ["heat_c", "heat_f"], ids=["C", "Fortran"])
+def test_ot_run_trains_from_the_mpi_example_on_two_ranks(built, ring_name, tmp_path, prog):
+    """Issue 12 done-when: a C and a Fortran MPI solver train a surrogate through `ot run` with 2
+    ranks per simulation ([solver] kind = "program", argv = mpiexec -n 2 ...)."""
+    from onlinetrain.cli import main
+    from click.testing import CliRunner
+    cfg = tmp_path / "c.toml"
+    cfg.write_text((ROOT / "examples/c/heat2d-mpi.toml").read_text()
+                   .replace('"mpiexec"', f'"{built["mpiexec"]}"')
+                   .replace('"examples/c/heat2d_mpi"', f'"{built[prog]}"')
+                   .replace("n_train = 12", "n_train = 4").replace("n_validation = 3",
+                                                                    "n_validation = 1")
+                   .replace('dir = "ot-study/heat2d-mpi"', f'dir = "{tmp_path / "o"}"')
+                   .replace('name = "heat2d-mpi"', f'name = "{ring_name}"'))
+    r = CliRunner().invoke(main, ["run", str(cfg), "--quiet"])
+    assert r.exit_code == 0, r.output
+    s = __import__("json").loads((tmp_path / "o" / "summary.json").read_text())
+    assert s["sims_done"] == 5 and s["sims_failed"] == 0
+    assert s["samples_received"] == 5 * 20 and s["duplicates_dropped"] == 0
+    assert s["batches"] > 0
