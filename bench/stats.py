@@ -1,0 +1,118 @@
+"""Cost of the iterative statistics against the memory bound (issue 14).
+
+    python bench/stats.py --quick       # < 1 minute; last line: JSON with the ratios
+
+update_over_memory: frames/s of the moment, extremum and threshold updates (Statistics.update with
+2 thresholds, no quantiles, no Sobol'), divided by the frames/s of one numpy pass `acc += frame`
+over the same float32 frames into a float64 accumulator (the memory bound). Target >= 0.1.
+quantiles_over_memory: the same with 3 quantile levels added; sobol_over_memory: with Sobol' on,
+frames arriving as pick-freeze groups of p = 5 (7 frames a group).
+train_with_stats_over_without: trainer samples/s with [stats] on against off; null until the
+trainer feeds the statistics from its receiver (see docs/stats.md).
+
+Times are process CPU times (time.process_time), best of several runs: on a machine shared with
+other work, wall time charges a long update for the time slices other processes took, and a short
+baseline pass rarely is; CPU time compares the two fairly (numpy runs these ops on one thread).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+
+from onlinetrain import frame as fr
+from onlinetrain.config import StatsConfig
+from onlinetrain.stats import Statistics
+
+
+def best_of(fn, reps: int) -> float:
+    """Best of `reps` runs of fn; fn returns its own time (set-up excluded) or None."""
+    best = float("inf")
+    for _ in range(reps):
+        t = time.process_time()
+        own = fn()
+        best = min(best, own if own is not None else time.process_time() - t)
+    return best
+
+
+def frames_for(cells: int, n: int, p: int = 5, seed: int = 0) -> list:
+    rng = np.random.default_rng(seed)
+    data = rng.normal(300.0, 50.0, (n, cells)).astype(np.float32)
+    r = p + 2
+    out = []
+    for i in range(n):
+        g = i // r
+        params = np.arange(p, dtype=np.float64) + g  # a consistent pick-freeze group
+        role = i % r
+        if role >= 2:
+            params = params.copy()
+            params[role - 2] += 0.5
+        elif role == 1:
+            params = params + 0.5
+        out.append(fr.Frame(i, 1, params, "T", data[i]))
+    return out
+
+
+def measure(cells: int, n: int, reps: int) -> dict:
+    fs = frames_for(cells, n)
+    acc = np.zeros(cells)
+
+    def memory():
+        for f in fs:
+            acc.__iadd__(f.array)
+
+    def stats(cfg):
+        def run():
+            for f in fs:
+                st.update(f)
+
+        def timed():
+            nonlocal st
+            # the field's first frame (memory figure, psutil) is set-up, not update cost
+            st = Statistics(cfg, report=lambda m: None)
+            st.update(fr.Frame(-1, 0, fs[0].params, "T", fs[0].array))
+            t = time.process_time()
+            run()
+            return time.process_time() - t
+        st = None
+        return timed
+    t_mem = best_of(memory, reps)
+    t_mom = best_of(stats(StatsConfig(thresholds=[250.0, 350.0])), reps)
+    t_q = best_of(stats(StatsConfig(thresholds=[250.0, 350.0], quantiles=[0.05, 0.5, 0.95])), reps)
+    t_s = best_of(stats(StatsConfig(thresholds=[250.0, 350.0], sobol=True)), reps)
+    return {"cells": cells, "frames": n, "memory_fps": n / t_mem, "moments_fps": n / t_mom,
+            "quantiles_fps": n / t_q, "sobol_fps": n / t_s}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer frames and repetitions")
+    args = ap.parse_args()
+    sizes = [(4096, 70), (65536, 70), (1 << 20, 14)] if args.quick else \
+        [(4096, 700), (65536, 280), (1 << 20, 70)]
+    reps = 3 if args.quick else 5
+    rows = [measure(c, n, reps) for c, n in sizes]
+    print(f"{'cells':>9} {'acc+=frame/s':>13} {'moments/s':>10} {'ratio':>6} {'+quantiles/s':>13} "
+          f"{'ratio':>6} {'+sobol/s':>9} {'ratio':>6}")
+    for r in rows:
+        m = r["memory_fps"]
+        print(f"{r['cells']:>9} {m:>13.0f} {r['moments_fps']:>10.0f} {r['moments_fps'] / m:>6.3f} "
+              f"{r['quantiles_fps']:>13.0f} {r['quantiles_fps'] / m:>6.3f} {r['sobol_fps']:>9.0f} "
+              f"{r['sobol_fps'] / m:>6.3f}")
+    big = rows[-1]
+    m = big["memory_fps"]
+    print(json.dumps({
+        "cells": big["cells"], "update_over_memory": round(big["moments_fps"] / m, 4),
+        "quantiles_over_memory": round(big["quantiles_fps"] / m, 4),
+        "sobol_over_memory": round(big["sobol_fps"] / m, 4),
+        "update_over_memory_by_cells": {r["cells"]: round(r["moments_fps"] / r["memory_fps"], 4)
+                                        for r in rows},
+        "train_with_stats_over_without": None,
+        "train_with_stats_note": "the [stats] hook of ot run / ot train waits for the receiver "
+                                 "module (docs/stats.md)"}))
+
+
+if __name__ == "__main__":
+    main()
