@@ -316,6 +316,7 @@ class StatsConfig:
 
     def __post_init__(self):
         import math  # noqa: PLC0415
+        _check_types(self, "stats")
         _check(isinstance(self.fields, list) and all(isinstance(f, str) and f for f in self.fields),
                "stats.fields", self.fields, 'a list of field names, e.g. ["T"]')
         _check(isinstance(self.thresholds, list) and all(

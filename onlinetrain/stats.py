@@ -91,14 +91,20 @@ class Statistics:
         if self.cfg.fields and name not in self.cfg.fields:
             self.counts["other_fields"] += 1
             return False
+        key = (int(f.sim_id), int(f.time_step))
+        arr = np.asarray(f.array)
+        gshape = getattr(f, "global_shape", None)
+        if gshape is not None and tuple(gshape) != arr.shape:
+            return self._reject("piece", "field %r: frame (sim %d, step %d) is a piece %s of a %s "
+                                "field; the statistics take whole fields only (send the field in "
+                                "one frame); frame left out", name, key[0], key[1], arr.shape,
+                                tuple(gshape))
         fld = self.fields.get(name)
         if fld is None:
             fld = self._new_field(f)
-        key = (int(f.sim_id), int(f.time_step))
         if key in fld.seen:
             self.counts["duplicates"] += 1
             return False
-        arr = np.asarray(f.array)
         if arr.shape != fld.shape:
             return self._reject("shape", "field %r: frame (sim %d, step %d) has shape %s, the "
                                 "field's first frame had %s; frame left out", name, key[0], key[1],

@@ -132,3 +132,14 @@ def test_npz_is_documented_and_show_fits_one_screen(tmp_path):
     assert len(text.splitlines()) <= 24 and "12 complete" in text and "X2: first" in text
     r = CliRunner().invoke(main, ["stats", "show", str(tmp_path / "nothing")])
     assert r.exit_code != 0 and "stats.npz not found" in r.output
+
+
+def test_a_piece_of_a_field_is_a_counted_rejection():
+    st = Statistics(StatsConfig())
+    piece = fr.Frame(0, 1, np.zeros(0), "T", np.ones((2, 4), np.float32), global_shape=(4, 4),
+                     offset=(0, 0))
+    assert not st.update(piece)
+    assert st.reasons == {"piece": 1} and not st.fields
+    whole = fr.Frame(1, 1, np.zeros(0), "T", np.ones((4, 4), np.float32), global_shape=(4, 4),
+                     offset=(0, 0))
+    assert st.update(whole) and st.fields["T"].shape == (4, 4)
