@@ -70,27 +70,53 @@ class Statistics:
         self.counts["rejected"] += 1
         self.reasons[reason] = self.reasons.get(reason, 0) + 1
         log.warning(msg, *args)
-        return False
 
     # -- updates ---------------------------------------------------------------------------------
     def update(self, f) -> bool:
         """Account for one frame; True when its values entered the statistics."""
+        got = self._accept(f)
+        if got is None:
+            return False
+        step, x = got
+        step.mom.update(x)
+        if step.q is not None:
+            step.q.update(x, step.mom)
+        return True
+
+    def update_many(self, frames) -> int:
+        """Account for a batch of frames (e.g. one get_many): the frames of one (field, time step)
+        update the moments together (StepMoments.update_block: the state is read and written once
+        for all of them), then the quantiles frame by frame. Returns the frames accepted."""
+        blocks: dict[int, tuple] = {}
+        for f in frames:
+            got = self._accept(f)
+            if got is not None:
+                blocks.setdefault(id(got[0]), (got[0], []))[1].append(got[1])
+        for step, xs in blocks.values():
+            step.mom.update_block(xs)
+            if step.q is not None:
+                for x in xs:
+                    step.q.update(x, step.mom)
+        return sum(len(xs) for _, xs in blocks.values())
+
+    def _accept(self, f):
+        """Checks and accounting of one frame; (step, values) when they enter the statistics."""
         self.counts["frames"] += 1
         if f.kind == fr.STREAM_END:
             self.counts["stream_ends"] += 1
-            return False
+            return None
         if f.kind == fr.SIM_END:
             self.sims_done.add(f.sim_id)
             self.sims_failed.pop(f.sim_id, None)  # failed, restarted, finished
-            return False
+            return None
         if f.kind == fr.SIM_FAILED:
             if f.sim_id not in self.sims_done:
                 self.sims_failed[f.sim_id] = f.name
-            return False
+            return None
         name = f.name
         if self.cfg.fields and name not in self.cfg.fields:
             self.counts["other_fields"] += 1
-            return False
+            return None
         key = (int(f.sim_id), int(f.time_step))
         arr = np.asarray(f.array)
         gshape = getattr(f, "global_shape", None)
@@ -104,7 +130,7 @@ class Statistics:
             fld = self._new_field(f)
         if key in fld.seen:
             self.counts["duplicates"] += 1
-            return False
+            return None
         if arr.shape != fld.shape:
             return self._reject("shape", "field %r: frame (sim %d, step %d) has shape %s, the "
                                 "field's first frame had %s; frame left out", name, key[0], key[1],
@@ -118,16 +144,10 @@ class Statistics:
                 log.warning("field %r: more time steps than the %d the memory figure assumed",
                             name, self.steps_hint)
         fld.seen.add(key)
-        step.mom.update(x)
-        if step.q is not None:
-            step.q.update(x, step.mom)
         if in_group:
             self._sobol_member(fld, step, key, x)
         self.counts["accepted"] += 1
-        return True
-
-    def update_many(self, frames) -> int:
-        return sum(1 for f in frames if self.update(f))
+        return step, x
 
     def _new_field(self, f) -> Field:
         arr = np.asarray(f.array)

@@ -52,10 +52,7 @@ def drain(consumer, st: Statistics, producers: int, idle_timeout: float,
             continue
         last = time.monotonic()
         try:
-            for f in frames:
-                st.update(f)  # copies what it keeps; the slot can go back at once
-                if hasattr(f, "release"):
-                    f.release()
+            st.update_many(frames)  # copies what it keeps (group members in flight)
         finally:
             for f in frames:
                 if hasattr(f, "release"):

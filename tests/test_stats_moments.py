@@ -116,3 +116,24 @@ def test_threshold_out_of_range_is_a_clear_error(bad):
     from onlinetrain.config import ConfigError
     with pytest.raises(ConfigError, match="stats.thresholds"):
         StatsConfig(thresholds=bad)
+
+
+@settings(max_examples=60, deadline=None)
+@given(data(), st.integers(1, 70))
+def test_frames_in_batches_equal_numpy(d, batch):
+    """update_many (the consumer's path: the frames of a step in one get_many update together)."""
+    x, order = d
+    st_ = Statistics(StatsConfig(thresholds=THR, quantiles=[0.5]))
+    fs = [fr.Frame(int(i), 1, np.zeros(0), "u", x[i]) for i in order]
+    for i in range(0, len(fs), batch):
+        st_.update_many(fs[i:i + batch])
+    check(st_.fields["u"].steps[1].mom, x)
+
+
+def test_long_blocks_over_many_cells():
+    rng = np.random.default_rng(2)
+    x = rng.normal(1e4, 3.0, (300, CHUNK + 7)) ** 3
+    m = StepMoments(x.shape[1], THR)
+    m.update_block(list(x[:150]))
+    m.update_block(list(x[150:]))
+    check(m, x)
