@@ -28,8 +28,7 @@ from .stats_moments import StepMoments
 from .stats_quantiles import StepQuantiles
 from .stats_sobol import StepSobol
 from .stats_state import (Field, Step, StatsError, StatsMemoryError, _fmt, free_memory,
-                          load_state_dict, state_dict,
-                          to_tensors)
+                          load_state_dict, state_dict, to_tensors)
 
 log = logging.getLogger(__name__)
 __all__ = ["Statistics", "StatsError", "StatsMemoryError", "to_tensors"]
