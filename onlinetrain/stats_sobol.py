@@ -53,20 +53,27 @@ class StepSobol:
         n = self.n
         d_old = ys - self.mean
         self.mean += d_old * (1.0 / n)
-        d_new = ys - self.mean
+        d_new = np.subtract(ys, self.mean, out=ys)  # ys is the caller's scratch copy
         self.m2 += d_old * d_new
-        self.cb += d_old[1] * d_new[2:]
-        self.ca += d_old[0] * d_new[2:]
+        e_new = d_new[2:]
+        self.cb += d_old[1] * e_new
+        self.ca += d_old[0] * e_new
         if n < 2:
             return
+        # influence function of each correlation, current estimates plugged in
         with np.errstate(divide="ignore", invalid="ignore"):
-            sd = np.sqrt(self.m2 * (1.0 / n))
-            u = np.where(sd > 0, d_new / sd, 0.0)
+            inv_sd = 1.0 / np.sqrt(self.m2 * (1.0 / n))
+            inv_sd[~np.isfinite(inv_sd)] = 0.0  # a cell that has not varied yet
+            u = np.multiply(d_new, inv_sd, out=d_old)
+            ue = u[2:]
+            ue2 = ue * ue
             for c, q, ref in ((self.cb, self.qb, 1), (self.ca, self.qa, 0)):
-                r = np.nan_to_num(c / np.sqrt(self.m2[ref] * self.m2[2:]))
+                r = c * (inv_sd[ref] * inv_sd[2:] * (1.0 / n))  # c / sqrt(m2_ref m2_e)
                 uf = u[ref]
-                inf = uf * u[2:] - 0.5 * r * (uf * uf + u[2:] * u[2:])
-                q += inf * inf
+                inf = ue * uf
+                inf -= 0.5 * r * (uf * uf + ue2)
+                inf *= inf
+                q += inf
 
     def indices(self) -> dict:
         """first, total (p, cells), their 95% bounds and standard errors; NaN where undefined
