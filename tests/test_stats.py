@@ -143,3 +143,10 @@ def test_a_piece_of_a_field_is_a_counted_rejection():
     whole = fr.Frame(1, 1, np.zeros(0), "T", np.ones((4, 4), np.float32), global_shape=(4, 4),
                      offset=(0, 0))
     assert st.update(whole) and st.fields["T"].shape == (4, 4)
+
+
+def test_ot_stats_bad_level_is_a_one_line_error(ring_name):
+    r = CliRunner().invoke(main, ["stats", "--from", f"shm://{ring_name}", "--quantile", "1.5"])
+    assert r.exit_code != 0
+    assert "stats.quantiles = [1.5]" in r.output and "strictly between 0 and 1" in r.output
+    assert "Traceback" not in r.output
