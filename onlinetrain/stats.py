@@ -34,6 +34,11 @@ log = logging.getLogger(__name__)
 __all__ = ["Statistics", "StatsError", "StatsMemoryError", "to_tensors"]
 
 
+def stats_wanted(cfg) -> bool:
+    """Whether `ot run` / `ot train` feed the statistics: the config sets a key of [stats]."""
+    return any(k.startswith("stats.") for k in getattr(cfg, "given", ()))
+
+
 class Statistics:
     """The statistics of every followed field; `update(frame)` for each frame received."""
 

@@ -38,6 +38,7 @@ from .imports import import_function
 from .prefetch import Prefetcher
 from .reservoir import from_config as buffer_from_config
 from .receiver import Receiver
+from .stats import Statistics, stats_wanted
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +143,12 @@ def train(cfg, consumer=None, expected_sims: int | None = None, on_progress=None
                                      float(os.environ.get("OT_DIST_TIMEOUT", "300")))
         buf = buffer_from_config(cfg.buffer, seed_offset=env.rank)
         rx = Receiver(consumer, buf, cfg, adapter, expected_sims, finished)
+        if stats_wanted(cfg):
+            if env.world > 1:
+                raise TrainError(f"[stats] with {env.world} ranks: a pick-freeze group must reach "
+                                 f"one statistics consumer; train with one rank, or run `ot stats` "
+                                 f"as its own consumer (docs/stats.md)", env.world)
+            rx.stats = Statistics(cfg.stats, steps_hint=cfg.solver.steps, report=log.warning)
         if ck is not None:
             checkpoint.restore_stream(ck, rx, buf)
         rx.start()
@@ -425,6 +432,9 @@ class _Loop:
                    "rank_samples": self._counts()[0],
                    "data_wait_frac": round(float(c.sum([wait_all])[0]) / env.world / max(wall, 1e-9),
                                            4)}
+        if getattr(rx, "stats", None) is not None:  # [stats]: docs/stats.md
+            rx.stats.save(self.out / "stats.npz")
+            summary["stats"] = dict(rx.stats.counts)
         self.save(final=True, summary=summary)  # rank 0 also writes <out>/checkpoint.pt
         if self.writer:
             (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
