@@ -10,8 +10,9 @@ step per call (what `ot stats` gets from one get_many when many simulations run 
 state is read and written once per batch instead of once per frame.
 quantiles_over_memory: the same with 3 quantile levels added; sobol_over_memory: with Sobol' on,
 frames arriving as pick-freeze groups of p = 5 (7 frames a group).
-train_with_stats_over_without: trainer samples/s with [stats] on against off; null until the
-trainer feeds the statistics from its receiver (see docs/stats.md).
+train_with_stats_over_without: trainer samples/s with [stats] on (2 thresholds, 1 quantile level)
+against off, the same run length: bench/feed.py's "ingest" arm (the real train() on a shm ring, a
+producer process sending 4x4 float32 heat2d-like frames paced at 20,000 frames/s).
 
 Times are process CPU times (time.process_time), best of several runs: on a machine shared with
 other work, wall time charges a long update for the time slices other processes took, and a short
@@ -95,9 +96,28 @@ def measure(cells: int, n: int, reps: int) -> dict:
             "quantiles_fps": n / t_q, "sobol_fps": n / t_s}
 
 
+def train_ratio(seconds: float) -> dict:
+    """bench/feed.py's ingest arm with [stats] off, then on."""
+    import os  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+    import tempfile  # noqa: PLC0415
+    import uuid  # noqa: PLC0415
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # spawned producers import it
+    import feed  # noqa: PLC0415
+    tag = uuid.uuid4().hex[:8]
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for arm, extra in (("off", {}), ("on", {"stats.thresholds": [300.0, 330.0],
+                                                "stats.quantiles": [0.5]})):
+            cfg = feed._cfg(os.path.join(tmp, arm), **extra)
+            out[arm] = feed.train_arm(cfg, f"st_{tag}_{arm}", 4, 20_000, 2000, seconds)
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer frames and repetitions")
+    ap.add_argument("--no-train", action="store_true", help="skip the trainer arms")
     args = ap.parse_args()
     sizes = [(4096, 70), (65536, 70), (1 << 20, 14)] if args.quick else \
         [(4096, 700), (65536, 280), (1 << 20, 70)]
@@ -111,6 +131,11 @@ def main():
               f"{r['batched_fps']:>10.0f} {r['batched_fps'] / m:>6.3f} "
               f"{r['quantiles_fps']:>13.0f} {r['quantiles_fps'] / m:>6.3f} {r['sobol_fps']:>9.0f} "
               f"{r['sobol_fps'] / m:>6.3f}")
+    tr = None if args.no_train else train_ratio(4.0 if args.quick else 15.0)
+    if tr:
+        for arm, v in tr.items():
+            print(f"train, [stats] {arm:>3}: {v['samples_per_s']:.0f} samples/s, "
+                  f"{v['frames_per_s']:.0f} frames/s adapted")
     big = rows[-1]
     m = big["memory_fps"]
     print(json.dumps({
@@ -122,9 +147,10 @@ def main():
                                         for r in rows},
         "update_over_memory_batched_by_cells": {
             r["cells"]: round(r["batched_fps"] / r["memory_fps"], 4) for r in rows},
-        "train_with_stats_over_without": None,
-        "train_with_stats_note": "the [stats] hook of ot run / ot train waits for the receiver "
-                                 "module (docs/stats.md)"}))
+        "train_with_stats_over_without": None if not tr else
+        round(tr["on"]["samples_per_s"] / tr["off"]["samples_per_s"], 4),
+        "ingest_with_stats_over_without": None if not tr else
+        round(tr["on"]["frames_per_s"] / max(tr["off"]["frames_per_s"], 1e-9), 4)}))
 
 
 if __name__ == "__main__":
