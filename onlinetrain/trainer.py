@@ -142,13 +142,15 @@ def train(cfg, consumer=None, expected_sims: int | None = None, on_progress=None
             created = ddp.init_group(env, ddp.backend_for(device),
                                      float(os.environ.get("OT_DIST_TIMEOUT", "300")))
         buf = buffer_from_config(cfg.buffer, seed_offset=env.rank)
-        rx = Receiver(consumer, buf, cfg, adapter, expected_sims, finished)
+        stats = None
         if stats_wanted(cfg):
             if env.world > 1:
                 raise TrainError(f"[stats] with {env.world} ranks: a pick-freeze group must reach "
                                  f"one statistics consumer; train with one rank, or run `ot stats` "
                                  f"as its own consumer (docs/stats.md)", env.world)
-            rx.stats = Statistics(cfg.stats, steps_hint=cfg.solver.steps, report=log.warning)
+            stats = Statistics(cfg.stats, steps_hint=cfg.solver.steps, report=log.warning)
+        rx = Receiver(consumer, buf, cfg, adapter, expected_sims, finished)
+        rx.stats = stats
         if ck is not None:
             checkpoint.restore_stream(ck, rx, buf)
         rx.start()
