@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import checkpoint, ddp
+from . import checkpoint, ddp, valfields
 from .channel import open_consumer
 from .config import ConfigError
 from .errors import OTError
@@ -39,6 +39,7 @@ from .prefetch import Prefetcher
 from .reservoir import from_config as buffer_from_config
 from .receiver import Receiver
 from .stats import Statistics, stats_wanted
+from .tb import tensorboard_sink
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +51,11 @@ class TrainError(OTError, RuntimeError):
 
 
 def _validate(model, val, device) -> float | None:
-    """Mean over samples of the per-sample MSE on `val`, a list of (x, y) pairs."""
+    """Mean over samples of the per-sample MSE on `val`, the (x, y) arrays of the validation set."""
     import torch  # noqa: PLC0415
-    if not val:
+    xs, ys = val
+    if not len(xs):
         return None
-    xs = np.stack([v[0] for v in val])
-    ys = np.stack([v[1] for v in val])
     total = 0.0
     with torch.no_grad():
         for i in range(0, len(xs), 1024):
@@ -65,12 +65,12 @@ def _validate(model, val, device) -> float | None:
     return total / len(xs)
 
 
-def _val_items(rx) -> list:
-    """A snapshot of the validation set, taken under the receiver's lock (it inserts meanwhile)."""
+def _val_items(rx) -> tuple[np.ndarray, np.ndarray]:
+    """(x, y) of the validation set: one consistent snapshot (the receiver inserts meanwhile)."""
     if rx is None:
-        return []
-    with rx.lock:
-        return list(rx.val.values())
+        return np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32)
+    x, y, _ = rx.val_arrays()
+    return x, y
 
 
 def resolve_device(cfg, env=None):
@@ -283,14 +283,14 @@ class _Loop:
         rx = self.rx
         if rx is None:
             return [self.buf.received, 0, 0, 0, 0, 0]
-        return [rx.samples, len(rx.val), rx.duplicates, rx.rejected, len(rx.sims_done),
+        return [rx.samples, len(rx.val_arrays()[2]), rx.duplicates, rx.rejected, len(rx.sims_done),
                 len(rx.sims_failed)]
 
     def _log(self, t0, loss_acc, n_acc, wait, span):
         c = self.coll
         v_mse = _validate(self.model, items := _val_items(self.rx), self.device)
-        v_sse, v_n, t_sse, t_n, w = c.sum([0.0 if v_mse is None else v_mse * len(items),
-                                           len(items), float(loss_acc), n_acc, wait])
+        v_sse, v_n, t_sse, t_n, w = c.sum([0.0 if v_mse is None else v_mse * len(items[0]),
+                                           len(items[0]), float(loss_acc), n_acc, wait])
         counts = c.sum_ints(self._counts() + [len(self.buf)])
         val_mse = float(v_sse / v_n) if v_n else None
         m = {"batch": self.batches, "time": round(time.monotonic() - t0, 3),
@@ -301,6 +301,8 @@ class _Loop:
         if self.writer:
             self.metrics.write(json.dumps(m) + "\n")
             self.metrics.flush()
+            self.tb.add(m)  # output.tensorboard: the same scalars for TensorBoard
+            valfields.save(self.out, self.model, self.rx, self.device, self.cfg, self.batches)
             if self.on_progress:
                 self.on_progress(m)
         return val_mse
@@ -314,9 +316,8 @@ class _Loop:
         y_sum = np.zeros(dim) if rx.y_sum is None or rx.y_sum.size != dim else rx.y_sum
         totals = c.sum(y_sum) if dim else np.zeros(0)
         sse, cnt = 0.0, 0
-        val = _val_items(rx)
-        if val and n:
-            ys = np.stack([v[1] for v in val])
+        ys = _val_items(rx)[1]
+        if len(ys) and n:
             sse, cnt = float(((ys - totals / n) ** 2).mean(axis=1).sum()), len(ys)
         sse, cnt = c.sum([sse, cnt])
         return float(sse / cnt) if cnt else None
@@ -327,6 +328,7 @@ class _Loop:
                 if self.ck is not None:
                     checkpoint.trim_metrics(self.out / "metrics.jsonl", self.batches)
                 self.metrics = open(self.out / "metrics.jsonl", "a" if self.ck else "w")
+                self.tb = tensorboard_sink(self.cfg, self.out)
             return self._run()
         finally:
             self.pf.close()
@@ -422,7 +424,7 @@ class _Loop:
                              f"channel?", cfg.channel_url)
         items = _val_items(rx)
         v_mse = _validate(self.model, items, self.device)
-        v_sse, v_n = c.sum([0.0 if v_mse is None else v_mse * len(items), len(items)])
+        v_sse, v_n = c.sum([0.0 if v_mse is None else v_mse * len(items[0]), len(items[0])])
         tot = c.sum_ints(self._counts() + [getattr(self.consumer, "abandoned", 0)])
         wall = time.monotonic() - t0
         summary = {"val_mse": float(v_sse / v_n) if v_n else None,
@@ -439,6 +441,7 @@ class _Loop:
             summary["stats"] = dict(rx.stats.counts)
         self.save(final=True, summary=summary)  # rank 0 also writes <out>/checkpoint.pt
         if self.writer:
+            valfields.save(self.out, self.model, rx, self.device, cfg, self.batches)  # ot report
             (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         if cfg.buffer.record_arrivals:
             name = "arrivals.npy" if env.rank == 0 else f"arrivals-rank{env.rank}.npy"
