@@ -35,20 +35,28 @@ def main(verbose):
 @main.command()
 @click.option("-n", "n", type=int, required=True, help="Number of parameter sets.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--method", type=click.Choice(["uniform", "lhs", "halton", "sobol"]),
-              default="uniform", show_default=True)
+@click.option("--method", type=click.Choice(["uniform", "lhs", "halton", "sobol", "pick-freeze"]),
+              default="uniform", show_default=True,
+              help="pick-freeze: -n groups of p+2 rows for Sobol' indices (docs/stats.md).")
+@click.option("--base", type=click.Choice(["uniform", "lhs", "halton", "sobol"]), default="uniform",
+              show_default=True, help="pick-freeze: the method drawing each group's A and B.")
+@click.option("--second-order", is_flag=True, help="pick-freeze: add C_k rows (2p+2 per group).")
 @click.option("--bounds", multiple=True, metavar="LOW:HIGH",
               help="Bounds of each parameter (repeat per parameter; default 100:500 x 5).")
 @click.option("--dim", type=int, default=5, show_default=True,
               help="Number of parameters when a single --bounds is given for all.")
 @click.option("--start-id", type=int, default=0, show_default=True)
-def sample(n, seed, method, bounds, dim, start_id):
+def sample(n, seed, method, base, second_order, bounds, dim, start_id):
     """Print N parameter sets as JSON lines {"id": ..., "params": [...]}."""
     from . import sampler  # noqa: PLC0415
     with _Guard():
         b = sampler.parse_bounds(bounds) if bounds else list(sampler.DEFAULT_BOUNDS)
         if len(b) == 1:
             b = b * dim
+        if method == "pick-freeze":
+            for row in sampler.pick_freeze(n, seed, base, b, start_id, second_order):
+                click.echo(json.dumps(row))
+            return
         click.echo(sampler.to_jsonl(sampler.sample(n, seed, method, b, start_id)), nl=False)
 
 
@@ -180,6 +188,7 @@ def clean(prefix):
 
 from .cli_net import relay as _relay_cmd  # noqa: E402
 from .cli_slurm import slurm as _slurm  # noqa: E402
+from .cli_stats import stats as _stats  # noqa: E402
 from .cli_study import status  # noqa: E402
 from .cli_user import config_group, report  # noqa: E402
 
@@ -188,6 +197,7 @@ main.add_command(report)
 main.add_command(_slurm)
 main.add_command(_relay_cmd)
 main.add_command(status)
+main.add_command(_stats)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -324,6 +324,41 @@ class SlurmConfig:
 
 
 @dataclass
+class StatsConfig:
+    """`ot stats`, and the [stats] section of `ot run` / `ot train` (docs/stats.md)."""
+    fields: list = field(default_factory=list)  # field names to follow ([]: every field)
+    thresholds: list = field(default_factory=list)  # exceedance probability P(u > t) per t
+    quantiles: list = field(default_factory=list)  # levels in (0, 1), Robbins-Monro
+    sobol: bool = False  # first/total Sobol' indices from pick-freeze groups (ot sample -m pick-freeze)
+    second_order: bool = False  # groups have 2p + 2 rows (sampled with --second-order)
+    n_params: int = 0  # p of the pick-freeze groups (0: the length of the frames' params)
+    groups: int = 0  # groups expected (0: unknown; only reported)
+    steps: int = 0  # time steps per simulation, for the memory figure (0: solver.steps)
+
+    def __post_init__(self):
+        import math  # noqa: PLC0415
+        _check_types(self, "stats")
+        _check(isinstance(self.fields, list) and all(isinstance(f, str) and f for f in self.fields),
+               "stats.fields", self.fields, 'a list of field names, e.g. ["T"]')
+        _check(isinstance(self.thresholds, list) and all(
+            isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t)
+            for t in self.thresholds), "stats.thresholds", self.thresholds,
+            "a list of finite numbers")
+        _check(isinstance(self.quantiles, list) and all(
+            isinstance(q, (int, float)) and not isinstance(q, bool) and 0 < q < 1
+            for q in self.quantiles), "stats.quantiles", self.quantiles,
+            "a list of levels strictly between 0 and 1, e.g. [0.05, 0.5, 0.95]")
+        for k in ("sobol", "second_order"):
+            _check(isinstance(getattr(self, k), bool), f"stats.{k}", getattr(self, k),
+                   "true or false")
+        for k in ("n_params", "groups", "steps"):
+            _check(isinstance(getattr(self, k), int) and getattr(self, k) >= 0, f"stats.{k}",
+                   getattr(self, k), "an integer >= 0 (0: unknown / automatic)")
+        self.thresholds = [float(t) for t in self.thresholds]
+        self.quantiles = [float(q) for q in self.quantiles]
+
+
+@dataclass
 class Config:
     solver: SolverConfig = field(default_factory=SolverConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
@@ -335,6 +370,7 @@ class Config:
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
+    stats: StatsConfig = field(default_factory=StatsConfig)
 
     @property
     def channel_url(self) -> str:

@@ -30,13 +30,14 @@ from pathlib import Path
 
 import numpy as np
 
-from . import checkpoint, ddp, evaluate
+from . import checkpoint, ddp, evaluate, valfields
 from .channel import open_consumer
 from .errors import OTError
 from .imports import import_function
 from .prefetch import Prefetcher
 from .reservoir import from_config as buffer_from_config
 from .receiver import Receiver
+from .stats import Statistics, stats_wanted
 from .tb import tensorboard_sink
 
 log = logging.getLogger(__name__)
@@ -92,7 +93,15 @@ def train(cfg, consumer=None, expected_sims: int | None = None, on_progress=None
             created = ddp.init_group(env, ddp.backend_for(device),
                                      float(os.environ.get("OT_DIST_TIMEOUT", "300")))
         buf = buffer_from_config(cfg.buffer, seed_offset=env.rank)
+        stats = None
+        if stats_wanted(cfg):
+            if env.world > 1:
+                raise TrainError(f"[stats] with {env.world} ranks: a pick-freeze group must reach "
+                                 f"one statistics consumer; train with one rank, or run `ot stats` "
+                                 f"as its own consumer (docs/stats.md)", env.world)
+            stats = Statistics(cfg.stats, steps_hint=cfg.solver.steps, report=log.warning)
         rx = Receiver(consumer, buf, cfg, adapter, expected_sims, finished)
+        rx.stats = stats
         if ck is not None:
             checkpoint.restore_stream(ck, rx, buf)
         rx.start()
@@ -371,6 +380,9 @@ class _Loop:
                    "rank_samples": self._counts()[0],
                    "data_wait_frac": round(
                        float(c.sum([wait_all])[0]) / env.world / max(wall, 1e-9), 4)}
+        if getattr(rx, "stats", None) is not None:  # [stats]: docs/stats.md
+            rx.stats.save(self.out / "stats.npz")
+            summary["stats"] = dict(rx.stats.counts)
         self.save(final=True, summary=summary)  # rank 0 also writes <out>/checkpoint.pt
         if self.writer:
             valfields.save(self.out, self.model, rx, self.device, cfg, self.batches)  # ot report
