@@ -230,11 +230,42 @@ def drain_arm(cfg, name, n):
     return {"cpu_us_per_frame": (c1 - c0) / n * 1e6, "wall_us_per_frame": (t1 - t0) / n * 1e6}
 
 
+def _duty(stop, on_s, off_s):
+    while not stop.is_set():
+        t = time.perf_counter()
+        while time.perf_counter() - t < on_s:  # pure Python: holds the GIL
+            pass
+        time.sleep(off_s)
+
+
+def gil_probe(tmp, seconds):
+    """The memory arm alone, then beside a Python thread that holds the GIL 10% of the time
+    (2 ms bursts every 20 ms, like a receiver thread): what the GIL alone costs the loop."""
+    alone = memory_arm(_cfg(os.path.join(tmp, "gil-a")), seconds)
+    stop = threading.Event()
+    th = threading.Thread(target=_duty, args=(stop, 0.002, 0.018), daemon=True)
+    th.start()
+    try:
+        busy = memory_arm(_cfg(os.path.join(tmp, "gil-b")), seconds)
+    finally:
+        stop.set()
+        th.join()
+    return {"alone": alone["batches_per_s"], "beside_10pct_thread": busy["batches_per_s"]}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="short windows (under a minute)")
     ap.add_argument("--seconds", type=float, default=None, help="window of each arm")
+    ap.add_argument("--gil-probe", action="store_true",
+                    help="only: the loop alone vs beside a Python thread busy 10%% of the time")
     a = ap.parse_args(argv)
+    if a.gil_probe:
+        with tempfile.TemporaryDirectory() as tmp:
+            g = gil_probe(tmp, a.seconds or 4.0)
+        print(json.dumps({k: round(v, 1) for k, v in g.items()} |
+                         {"ratio": round(g["beside_10pct_thread"] / g["alone"], 3)}))
+        return
     sec = a.seconds or (4.0 if a.quick else 15.0)
     tag = uuid.uuid4().hex[:8]
     res = {}
