@@ -46,38 +46,20 @@ def _t(a, dtype=None):
     return torch.from_numpy(np.ascontiguousarray(a if dtype is None else np.asarray(a, dtype)))
 
 
-# --- the components' sections. The buffer and the receiver own theirs (state_dict /
-# load_state_dict); until every buffer class has those methods, the thin versions below (today's
-# fields) stand in for it. Delete once the buffers' are merged.
+# --- the components' sections: the buffer and the receiver own theirs (state_dict /
+# load_state_dict).
 def _buffer_state(buf) -> dict:
-    if hasattr(buf, "state_dict"):
-        return buf.state_dict()
-    d = {"kind": buf.kind, "capacity": buf.capacity, "size": buf.size,
-         "received": buf.received, "served": buf.served, "evicted": buf.evicted,
-         "batches": buf.batches, "head": int(getattr(buf, "head", 0)),
-         "rng": buf.rng.bit_generator.state, "keys": _t(buf.keys.copy()),
-         "seen": _t(buf.seen.copy())}
-    if buf.x is not None:
-        d["x"], d["y"] = _t(buf.x.copy()), _t(buf.y.copy())
-    return d
+    # the receiver starts afresh on resume and signals the end of the stream again (a resumed
+    # study may bring more simulations), so the buffer is saved as not ended
+    return {**buf.state_dict(), "ended": False}
 
 
 def _buffer_load(buf, b: dict):
-    if hasattr(buf, "load_state_dict"):
-        return buf.load_state_dict(b)
-    if b["kind"] != buf.kind or b["capacity"] != buf.capacity:
-        raise CheckpointError(f"the checkpoint has a {b['kind']} buffer of {b['capacity']} "
-                              f"samples, the config a {buf.kind} of {buf.capacity}: resume with "
-                              f"the same [buffer]", None)
-    if "x" in b:
-        buf.x, buf.y = b["x"].numpy().copy(), b["y"].numpy().copy()
-    buf.keys, buf.seen = b["keys"].numpy().copy(), b["seen"].numpy().copy()
-    buf.size, buf.received, buf.served, buf.evicted = \
-        b["size"], b["received"], b["served"], b["evicted"]
-    buf.batches = b.get("batches", buf.batches)
-    if hasattr(buf, "head"):
-        buf.head = b["head"]
-    buf.rng.bit_generator.state = b["rng"]
+    from .reservoir import BufferError_  # noqa: PLC0415
+    try:
+        buf.load_state_dict(b)
+    except BufferError_ as e:
+        raise CheckpointError(f"{e}; resume with the same [buffer]", None) from None
 
 
 def _receiver_state(rx) -> dict:
@@ -131,6 +113,9 @@ def capture(model, opt, sched, batches: int, rx, buf, cfg, *, dims=None, pending
     as (x, y, keys) arrays: a resumed run trains them first."""
     with rx.lock, buf.cond:
         sections = {"buffer": _buffer_state(buf), "receiver": _receiver_state(rx)}
+        if getattr(rx, "stats", None) is not None:  # [stats]: docs/stats.md
+            from .stats_state import to_tensors  # noqa: PLC0415
+            sections["stats"] = to_tensors(rx.stats.state_dict())
     sections["rng"] = rng_state(device)
     sections["prefetch"] = {"batches": [{"x": _t(x), "y": _t(y), "keys": _t(k, np.int64)}
                                         for x, y, k in pending]}
@@ -324,6 +309,12 @@ def restore_stream(ck: dict, rx, buf):
     except CheckpointError as e:
         raise CheckpointError(f"checkpoint {ck.get('path')}: {e}", ck.get("path")) from None
     _receiver_load(rx, ck["sections"]["receiver"])
+    if getattr(rx, "stats", None) is not None:
+        if "stats" in ck["sections"]:
+            rx.stats.load_state_dict(ck["sections"]["stats"])
+        else:
+            log.warning("checkpoint %s has no statistics section: the statistics start from the "
+                        "frames received from now on", ck.get("path"))
 
 
 def pending_batches(ck: dict) -> list[tuple]:

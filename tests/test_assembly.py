@@ -272,7 +272,7 @@ def test_validation_snapshot_is_consistent_while_the_receiver_inserts(ring_name)
                 assert len(x) == len(y) == len(keys)
                 if len(x):
                     assert np.array_equal(x[:, 0], y[:, 0])
-                _validate(model, _val_items(rx), "cpu")
+                _validate(model, _val_items(rx), "cpu")  # the training loop's path
                 checks += 1
         finally:
             stop.set()
