@@ -6,8 +6,8 @@ All arms use the real training loop (`onlinetrain.trainer.train`, given the cons
 ring), the heat2d adapter and `build_mlp`; producers are separate processes using the real
 producer API (RingProducer.put_many, frames with SIM_END counts), like `ot simulate`.
 
-  memory     the trainer's step (same model, optimizer, batch, threads) over a preloaded in-memory
-             tensor: the rate the loop reaches when data costs nothing
+  memory     the same loop (trainer.fit) over a Reservoir preloaded in memory (random samples of
+             the same sizes), no channel, no receiver: the rate the loop reaches when data is free
   reservoir  train() fed from a filled Reservoir (capacity 2000, watermark 2000), the receiver
              running (polling the ring), no further ingest
   ingest     the same while a producer sends 4x4 float32 frames paced at 20,000 frames/s
@@ -104,34 +104,34 @@ def _cfg(out, **kw):
 # ---- arms ----
 
 def memory_arm(cfg, seconds):
-    """The trainer's step over an in-memory tensor (the same model, optimizer, batch, threads)."""
-    import torch  # noqa: PLC0415
-
-    from onlinetrain.surrogate import build_mlp  # noqa: PLC0415
-    torch.manual_seed(0)
-    torch.set_num_threads(cfg.train.threads)
-    n, b = cfg.buffer.capacity, cfg.train.batch_size
-    x = torch.rand(n, 6)
-    y = torch.rand(n, 16)
-    model = build_mlp(6, 16, cfg)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, cfg.train.lr_milestones, cfg.train.lr_gamma)
+    """The same loop (trainer.fit: model, optimizer, batch, threads, prefetch) fed from a buffer
+    preloaded in memory with random samples of the same sizes: no channel, no receiver."""
+    from onlinetrain import trainer  # noqa: PLC0415
+    from onlinetrain.reservoir import make_buffer  # noqa: PLC0415
+    os.makedirs(cfg.output.dir, exist_ok=True)  # fit() writes metrics there (train() makes it)
+    n = cfg.buffer.capacity
     rng = np.random.default_rng(0)
-    batches, acc = 0, 0.0
-    t0 = time.monotonic()
-    while True:
-        idx = torch.from_numpy(rng.integers(n, size=b))
-        loss = torch.nn.functional.mse_loss(model(x[idx]), y[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        acc += loss.item()
-        batches += 1
-        if batches % 50 == 0 and time.monotonic() - t0 > seconds:
-            break
-    dt = time.monotonic() - t0
-    return {"batches_per_s": batches / dt, "samples_per_s": batches * b / dt}
+    buf = make_buffer("reservoir", n, n, seed=0)
+    buf.put_many(rng.random((n, 6), np.float32), rng.random((n, 16), np.float32),
+                 np.stack([np.arange(n), np.zeros(n, np.int64)], 1))
+    buf.end_stream()  # the Reservoir keeps serving (post_stream_batches -1)
+    reports, stop = [], threading.Event()
+    t = {"t0": None}
+
+    def progress(m):
+        now = time.monotonic()
+        reports.append((now, m["batch"]))
+        if t["t0"] is None:
+            t["t0"] = now
+        elif now - t["t0"] > seconds:
+            stop.set()
+    try:
+        trainer.fit(buf, cfg, on_progress=progress, stop_event=stop)
+    except KeyboardInterrupt:
+        pass
+    (t0, b0), (t1, b1) = reports[0], reports[-1]
+    return {"batches_per_s": (b1 - b0) / (t1 - t0),
+            "samples_per_s": (b1 - b0) * cfg.train.batch_size / (t1 - t0)}
 
 
 def train_arm(cfg, name, side, rate, fill, seconds):
@@ -230,11 +230,42 @@ def drain_arm(cfg, name, n):
     return {"cpu_us_per_frame": (c1 - c0) / n * 1e6, "wall_us_per_frame": (t1 - t0) / n * 1e6}
 
 
+def _duty(stop, on_s, off_s):
+    while not stop.is_set():
+        t = time.perf_counter()
+        while time.perf_counter() - t < on_s:  # pure Python: holds the GIL
+            pass
+        time.sleep(off_s)
+
+
+def gil_probe(tmp, seconds):
+    """The memory arm alone, then beside a Python thread that holds the GIL 10% of the time
+    (2 ms bursts every 20 ms, like a receiver thread): what the GIL alone costs the loop."""
+    alone = memory_arm(_cfg(os.path.join(tmp, "gil-a")), seconds)
+    stop = threading.Event()
+    th = threading.Thread(target=_duty, args=(stop, 0.002, 0.018), daemon=True)
+    th.start()
+    try:
+        busy = memory_arm(_cfg(os.path.join(tmp, "gil-b")), seconds)
+    finally:
+        stop.set()
+        th.join()
+    return {"alone": alone["batches_per_s"], "beside_10pct_thread": busy["batches_per_s"]}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="short windows (under a minute)")
     ap.add_argument("--seconds", type=float, default=None, help="window of each arm")
+    ap.add_argument("--gil-probe", action="store_true",
+                    help="only: the loop alone vs beside a Python thread busy 10%% of the time")
     a = ap.parse_args(argv)
+    if a.gil_probe:
+        with tempfile.TemporaryDirectory() as tmp:
+            g = gil_probe(tmp, a.seconds or 4.0)
+        print(json.dumps({k: round(v, 1) for k, v in g.items()} |
+                         {"ratio": round(g["beside_10pct_thread"] / g["alone"], 3)}))
+        return
     sec = a.seconds or (4.0 if a.quick else 15.0)
     tag = uuid.uuid4().hex[:8]
     res = {}
@@ -243,7 +274,7 @@ def main(argv=None):
         print(f"# {arm}: {res[arm]}", file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         small = _cfg(os.path.join(tmp, "small"))
-        res["memory"] = memory_arm(small, sec)
+        res["memory"] = memory_arm(_cfg(os.path.join(tmp, "memory")), sec)
         log("memory")
         res["reservoir"] = train_arm(small, f"feed_{tag}_r", 4, 0, 2000, sec)
         log("reservoir")
