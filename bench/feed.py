@@ -91,12 +91,16 @@ def _start_producer(name, side, rate, fill, seconds):
     return pr, go, stop, counter
 
 
+DEVICE = {"train.device": "cpu", "train.threads": 1}  # --device / --threads set these for every arm
+
+
 def _cfg(out, **kw):
     ov = {"simulate.producers": 1, "solver.steps": STEPS, "buffer.kind": "reservoir",
           "buffer.capacity": 2000, "buffer.watermark": 2000, "model.hidden": 64,
           "model.layers": 2, "train.batch_size": 32, "train.threads": 1,
           "train.max_batches": 10 ** 9, "train.val_every": 50, "train.lr_milestones": [],
           "output.dir": str(out), "channel.idle_timeout": 600}
+    ov.update(DEVICE)
     ov.update(kw)
     return config.load(None, ov)
 
@@ -259,7 +263,10 @@ def main(argv=None):
     ap.add_argument("--seconds", type=float, default=None, help="window of each arm")
     ap.add_argument("--gil-probe", action="store_true",
                     help="only: the loop alone vs beside a Python thread busy 10%% of the time")
+    ap.add_argument("--device", default="cpu", help="train.device of every arm (cpu, cuda)")
+    ap.add_argument("--threads", type=int, default=1, help="train.threads of every arm")
     a = ap.parse_args(argv)
+    DEVICE.update({"train.device": a.device, "train.threads": a.threads})
     if a.gil_probe:
         with tempfile.TemporaryDirectory() as tmp:
             g = gil_probe(tmp, a.seconds or 4.0)
