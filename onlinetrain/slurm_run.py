@@ -38,7 +38,8 @@ from . import frame as fr
 from . import slurm as S
 from .channel import open_producer, parse_url
 from .procs import describe_exit, spawn, terminate
-from .shm_channel import ChannelNotFound, ConsumerGone, clean_stale
+from .launch import attach_trainer
+from .shm_channel import ConsumerGone, clean_stale
 from .simulate import build_argv, child_env
 from .slurm_records import StudyRecord
 
@@ -188,18 +189,9 @@ class Driver:
         self.trainer = spawn(S.srun_argv(argv, "trainer", self.trainer_group), stdout=logf,
                              stderr=subprocess.STDOUT)
         logf.close()
-        deadline = time.monotonic() + self.cfg.channel.connect_timeout + 120  # + torch import
-        while True:
-            try:
-                self.producer = open_producer(url, timeout=1.0)
-                return
-            except ChannelNotFound:
-                if self.trainer.poll() == 0:  # resumed with nothing left to do: it finished
-                    return
-                if self.trainer.poll() is not None or time.monotonic() > deadline:
-                    raise S.SlurmError(f"the trainer never opened {url} ("
-                                       f"{describe_exit(self.trainer.poll())}; see "
-                                       f"{self._trainer_log(attempt)})", url) from None
+        # + torch import; a big ring on a loaded node takes a while to create
+        self.producer = attach_trainer(url, self.trainer, self.cfg.channel.connect_timeout + 120,
+                                       self._trainer_log(attempt))
 
     def _notify(self, kind: int, sid: int, reason: str):
         if self.producer is None:  # the trainer finished before we connected
