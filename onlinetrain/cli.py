@@ -129,12 +129,14 @@ def simulate(url, study_dir, params_file, config_path, concurrency, solver, n, s
         if url.startswith("mpi://"):  # every simulate rank of the MPI job reads the same file
             from .mpi_channel import share  # noqa: PLC0415
             sets = share(sets)
+        from .launch import cpu_share  # noqa: PLC0415
         from .relay import maybe_relayed  # noqa: PLC0415
         with maybe_relayed(url, relay, cfg.channel.connect_timeout) as target:
             res = run_simulations(sets, cfg.solver, target, cfg.simulate.concurrency,
                                   cfg.channel.connect_timeout,
                                   max_restarts=cfg.simulate.max_restarts,
-                                  simulation_timeout=cfg.simulate.simulation_timeout)
+                                  simulation_timeout=cfg.simulate.simulation_timeout,
+                                  threads=cpu_share(cfg.simulate.concurrency, 0))
         click.echo(f"{len(res.done)} simulations done, {len(res.failed)} failed in "
                    f"{res.wall_s:.1f} s", err=True)
         for sid, why in res.failed.items():

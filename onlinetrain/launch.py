@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 from .channel import open_producer
@@ -14,6 +15,7 @@ from .errors import ChannelError, OTError
 from .procs import describe_exit
 
 log = logging.getLogger(__name__)
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 class LaunchError(OTError, RuntimeError):
@@ -36,3 +38,28 @@ def attach_trainer(url: str, proc, timeout: float, log_path=None):
                 raise LaunchError(f"the trainer never opened {url} ({describe_exit(proc.poll())}"
                                   f"; last: {e}; see {log_path})", url) from None
             time.sleep(0.1)
+
+
+def usable_cores() -> int:
+    """CPUs this process may run on (its affinity mask, e.g. a Slurm or cgroup CPU set)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def cpu_share(concurrency: int, trainer_threads: int | None = 0, cores: int | None = None) -> int:
+    """CPUs of one simulation when `concurrency` of them share this node with a trainer using
+    `trainer_threads` (None: 1): max(1, (usable cores - trainer threads) // concurrency)."""
+    cores = usable_cores() if cores is None else cores
+    trainer = 1 if trainer_threads is None else trainer_threads
+    return max(1, (cores - trainer) // max(1, concurrency))
+
+
+def thread_env(env: dict, threads: int | None) -> dict:
+    """Set OMP_NUM_THREADS, OPENBLAS_NUM_THREADS and MKL_NUM_THREADS to `threads` in `env`
+    (in place, and returned), each unless the user set it already; None leaves env alone."""
+    if threads is not None:
+        for k in THREAD_VARS:
+            env.setdefault(k, str(int(threads)))
+    return env

@@ -25,6 +25,7 @@ from . import checkpoint, sampler
 from .ledger import Ledger, LedgerError
 from .study import LedgerSource, StudyDone, prepare_resume, trainer_lock
 from .channel import open_consumer, parse_url
+from .launch import cpu_share
 from .shm_channel import clean_stale
 from .simulate import run_simulations
 from .trainer import train
@@ -113,7 +114,8 @@ def _run_locked(cfg, out: Path, t0: float, on_progress, resume: bool) -> dict:
             sim_box["result"] = run_simulations(
                 None, cfg.solver, url, cfg.simulate.concurrency, cfg.channel.connect_timeout,
                 stop_event=stop, send_stream_end=False,
-                simulation_timeout=cfg.simulate.simulation_timeout, source=source)
+                simulation_timeout=cfg.simulate.simulation_timeout, source=source,
+                threads=cpu_share(cfg.simulate.concurrency, getattr(cfg.train, "threads", None)))
         except KeyboardInterrupt:
             pass
         except BaseException as e:

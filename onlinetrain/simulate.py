@@ -33,6 +33,7 @@ import numpy as np
 from . import frame as fr
 from .channel import open_producer
 from .client import ENV_PROGRESS
+from .launch import thread_env
 from .procs import describe_exit, spawn, terminate, wait_any
 
 log = logging.getLogger(__name__)
@@ -68,8 +69,11 @@ def build_argv(solver, sim_id: int, params, url: str) -> list[str]:
     return out
 
 
-def child_env(solver, sim_id: int, params, url: str, connect_timeout: float) -> dict:
-    env = dict(os.environ)
+def child_env(solver, sim_id: int, params, url: str, connect_timeout: float,
+              threads: int | None = None) -> dict:
+    """The child's environment: OT_* variables, PYTHONPATH, and its BLAS / OpenMP thread count
+    (`threads`, its CPU share; launch.thread_env) unless the user set those variables."""
+    env = thread_env(dict(os.environ), threads)
     env.update({"OT_CHANNEL": url, "OT_SIM_ID": str(sim_id), "OT_PARAMS": json.dumps(list(params)),
                 "OT_CONNECT_TIMEOUT": str(connect_timeout),
                 "OT_SOLVER": json.dumps({"kind": solver.kind, "n": solver.n, "steps": solver.steps,
@@ -131,12 +135,14 @@ class _Run:
 def run_simulations(sets: list[dict] | None, solver, url: str, concurrency: int = 1,
                     connect_timeout: float = 30.0, stop_event: threading.Event | None = None,
                     send_stream_end: bool = True, on_exit=None, max_restarts: int = 0,
-                    simulation_timeout: float = 0.0, source=None, poll: float = 0.2) -> SimResult:
+                    simulation_timeout: float = 0.0, source=None, poll: float = 0.2,
+                    threads: int | None = None) -> SimResult:
     """Run every parameter set in `sets` ({"id", "params"}), at most `concurrency` at once.
 
     A simulation that exits non-zero, or whose progress file (client.ENV_PROGRESS) does not change
     for `simulation_timeout` seconds (0: never), is killed (process group) and restarted, up to
-    `max_restarts` times, then reported failed. `source` (e.g. study.LedgerSource) replaces `sets`
+    `max_restarts` times, then reported failed. `threads`: each child's CPU share (its BLAS and
+    OpenMP threads, unless the user set them; launch.cpu_share). `source` (e.g. study.LedgerSource) replaces `sets`
     as the supplier of work and the judge of restarts."""
     t0 = time.monotonic()
     res = SimResult()
@@ -147,7 +153,7 @@ def run_simulations(sets: list[dict] | None, solver, url: str, concurrency: int 
 
     def start(sid, params):
         argv = build_argv(solver, sid, params, url)
-        env = child_env(solver, sid, params, url, connect_timeout)
+        env = child_env(solver, sid, params, url, connect_timeout, threads)
         path = os.path.join(progress_dir, f"sim{sid}")
         with open(path, "wb"):
             pass

@@ -1,6 +1,7 @@
 """The launch engine: attaching to the trainer's channel, restarts, CPU shares, per-user rings."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -47,3 +48,69 @@ def test_attach_waits_for_a_ring_still_being_created(ring_name):
         p.stdin.close()
         assert p.wait(20) == 0
         procs.terminate(p)
+
+
+# A simulation that records the thread variables it was started with, then streams 5 steps.
+RECORDER = """
+import json, os, sys
+from onlinetrain import client
+from solvers import heat2d
+sim = client.init()
+with open(os.path.join(sys.argv[1], f"env-{sim.sim_id}.json"), "w") as fh:
+    json.dump({k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                                              "MKL_NUM_THREADS")}, fh)
+with sim:
+    for k, u in heat2d.solve(list(sim.params), n=8, steps=5):
+        sim.send(k, u)
+"""
+
+
+def recorder_study(tmp_path, ring_name, n_train=4, n_val=2, concurrency=2, max_batches=20,
+                   extra=""):
+    prog = tmp_path / "rec.py"
+    prog.write_text(RECORDER)
+    marks = tmp_path / "marks"
+    marks.mkdir(exist_ok=True)
+    cfg = tmp_path / "study.toml"
+    cfg.write_text(f"""
+[solver]
+kind = "program"
+argv = ["{sys.executable}", "{prog}", "{marks}"]
+steps = 5
+[sampling]
+n_train = {n_train}
+n_validation = {n_val}
+[simulate]
+concurrency = {concurrency}
+[buffer]
+capacity = 100
+watermark = 10
+[model]
+hidden = 8
+[train]
+batch_size = 8
+max_batches = {max_batches}
+val_every = 10
+threads = 1
+[output]
+dir = "{tmp_path / 'study'}"
+name = "{ring_name}"
+{extra}""")
+    return cfg, marks
+
+
+@pytest.mark.timeout(120)
+def test_simulations_get_their_cpu_share_of_threads(tmp_path, ring_name):
+    cfg, marks = recorder_study(tmp_path, ring_name)
+    env = {k: v for k, v in ENV.items() if k not in launch.THREAD_VARS}
+    env["MKL_NUM_THREADS"] = "3"  # the user's own choice is kept
+    r = subprocess.run([sys.executable, "-m", "onlinetrain", "run", str(cfg), "--quiet"],
+                       env=env, capture_output=True, text=True, timeout=100)
+    assert r.returncode == 0, r.stderr
+    share = str(max(1, (len(os.sched_getaffinity(0)) - 1) // 2))
+    seen = [json.loads(p.read_text()) for p in sorted(marks.glob("env-*.json"))]
+    assert len(seen) == 6
+    assert all(s == {"OMP_NUM_THREADS": share, "OPENBLAS_NUM_THREADS": share,
+                     "MKL_NUM_THREADS": "3"} for s in seen), seen
+    assert launch.cpu_share(2, 1, cores=16) == 7 and launch.cpu_share(4, None, cores=2) == 1
+    assert launch.cpu_share(3, 0, cores=12) == 4
