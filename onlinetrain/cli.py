@@ -125,10 +125,13 @@ def simulate(url, study_dir, params_file, config_path, concurrency, solver, n, s
             "solver.argv": list(program) or None, "solver.n": n, "solver.steps": steps,
             "solver.scheme": scheme, "simulate.concurrency": concurrency,
             "channel.connect_timeout": connect_timeout})
-        sets = read_jsonl(params_file, getattr(params_file, "name", "<stdin>"))
-        if url.startswith("mpi://"):  # every simulate rank of the MPI job reads the same file
-            from .mpi_channel import share  # noqa: PLC0415
-            sets = share(sets)
+        def read():
+            return read_jsonl(params_file, getattr(params_file, "name", "<stdin>"))
+        if url.startswith("mpi://"):  # the first simulate rank reads (stdin is rank 0's only)
+            from .mpi_channel import share_read  # noqa: PLC0415
+            sets = share_read(read, getattr(params_file, "name", "<stdin>") == "<stdin>")
+        else:
+            sets = read()
         from .launch import cpu_share  # noqa: PLC0415
         from .relay import maybe_relayed  # noqa: PLC0415
         with maybe_relayed(url, relay, cfg.channel.connect_timeout) as target:

@@ -16,9 +16,11 @@ rendezvous from trainer 0 (its address and a free port, or MASTER_ADDR/MASTER_PO
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
+import sys
 import time
 
 import numpy as np
@@ -29,7 +31,7 @@ from .shm_channel import ChannelError, Empty
 log = logging.getLogger(__name__)
 
 PRODUCER, CONSUMER = 1, 2
-TAG_FRAME, TAG_RDV = 7701, 7702
+TAG_FRAME, TAG_RDV, TAG_SETS = 7701, 7702, 7703
 _roles: dict = {}
 
 
@@ -59,6 +61,37 @@ def share(sets: list) -> list:
     """The parameter sets this producer rank runs: every n-th from its index among producers."""
     roles, me = world_roles(PRODUCER)
     prods = list(np.flatnonzero(roles == PRODUCER))
+    return sets[prods.index(me)::len(prods)]
+
+
+def share_read(read, stdin: bool = False) -> list:
+    """Like `share`, but only the first producer rank calls `read()` and sends the sets, as JSON
+    text, to the other producers. `stdin`: read() reads stdin, which mpiexec gives to rank 0
+    alone; when rank 0 is not a producer, the job is ended with an error saying so."""
+    MPI, (roles, me) = _mpi(), world_roles(PRODUCER)
+    prods = [int(r) for r in np.flatnonzero(roles == PRODUCER)]
+    comm = MPI.COMM_WORLD
+    if stdin and prods[0] != 0:
+        if me == prods[0]:  # the other ranks would wait for sets forever: end the whole job
+            sys.stderr.write("Error: the parameter sets come from stdin, which mpiexec gives to "
+                             "rank 0 only, and rank 0 of this MPI job is not `ot simulate`: put "
+                             "`ot simulate` first on the mpiexec line, or pass --params FILE\n")
+            sys.stderr.flush()
+            comm.Abort(2)
+        else:
+            comm.Barrier()  # never returns: the Abort above ends the job
+    if me == prods[0]:
+        sets = read()
+        raw = np.frombuffer(json.dumps(sets).encode(), np.uint8)
+        for p in prods[1:]:
+            comm.Send([np.array([raw.size], np.int64), MPI.INT64_T], dest=p, tag=TAG_SETS)
+            comm.Send([raw, MPI.BYTE], dest=p, tag=TAG_SETS)
+    else:
+        n = np.zeros(1, np.int64)
+        comm.Recv([n, MPI.INT64_T], source=prods[0], tag=TAG_SETS)
+        raw = np.empty(int(n[0]), np.uint8)
+        comm.Recv([raw, MPI.BYTE], source=prods[0], tag=TAG_SETS)
+        sets = json.loads(raw.tobytes())
     return sets[prods.index(me)::len(prods)]
 
 

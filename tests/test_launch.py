@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -114,3 +115,52 @@ def test_simulations_get_their_cpu_share_of_threads(tmp_path, ring_name):
                      "MKL_NUM_THREADS": "3"} for s in seen), seen
     assert launch.cpu_share(2, 1, cores=16) == 7 and launch.cpu_share(4, None, cores=2) == 1
     assert launch.cpu_share(3, 0, cores=12) == 4
+
+
+MPIEXEC = str(Path(sys.executable).parent / "mpiexec")
+MPI_ENV = {k: v for k, v in ENV.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK",
+                                                       "MASTER_PORT", "SLURM_PROCID",
+                                                       "SLURM_NTASKS")}
+
+
+def _mpich_segments() -> set[str]:
+    return {e for e in os.listdir("/dev/shm") if e.startswith("mpich_shm")}
+
+
+def run_mpi(argv, stdin, timeout=150):
+    """An MPI job; on a timeout or failure too, no rank and no mpich segment outlives it."""
+    before = _mpich_segments()
+    job = procs.spawn([MPIEXEC] + argv, env={**MPI_ENV, "MASTER_ADDR": "127.0.0.1"},
+                      stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = job.communicate(timeout=timeout)
+    finally:
+        procs.terminate(job)
+        for seg in _mpich_segments() - before:
+            try:
+                os.unlink(f"/dev/shm/{seg}")
+            except FileNotFoundError:
+                pass
+    return subprocess.CompletedProcess(job.args, job.returncode, out, err)
+
+
+@pytest.mark.timeout(200)
+def test_mpi_simulate_ranks_share_the_sets_read_from_stdin(tmp_path):
+    ot = [sys.executable, "-m", "onlinetrain"]
+    params = subprocess.run(ot + ["sample", "-n", "6", "--seed", "2"], capture_output=True,
+                            text=True, check=True, env=ENV).stdout
+    (tmp_path / "p.jsonl").write_text(params)
+    out = tmp_path / "o"
+    sim = ["simulate", "--to", "mpi://train", "--n", "8", "--steps", "5"]  # sets on stdin
+    train = ["train", "--from", "mpi://train", "--out", str(out), "--max-batches", "5",
+             "--quiet"]
+    with open(tmp_path / "p.jsonl") as fh:
+        r = run_mpi(["-n", "2"] + ot + sim + [":", "-n", "1"] + ot + train, fh)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stderr.count("3 simulations done, 0 failed") == 2, r.stderr[-3000:]
+    s = json.loads((out / "summary.json").read_text())
+    assert s["sims_done"] == 6 and s["samples_received"] == 6 * 5
+    # rank 0 trains, so the simulate ranks get no stdin: refused, nothing silently lost
+    with open(tmp_path / "p.jsonl") as fh:
+        r = run_mpi(["-n", "1"] + ot + train + [":", "-n", "2"] + ot + sim, fh, timeout=100)
+    assert r.returncode != 0 and "which mpiexec gives to rank 0 only" in r.stderr
