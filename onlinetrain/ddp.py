@@ -22,13 +22,14 @@ from __future__ import annotations
 
 from .errors import OTError
 
+import dataclasses
 import datetime
 import json
 import logging
 import os
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +51,7 @@ class DistEnv:
     master_addr: str = "127.0.0.1"
     master_port: int = 29500
     source: str = "single"
+    store: object = field(default=None, compare=False, repr=False)  # a TCPStore already made
 
 
 def _int(env: dict, key: str) -> int:
@@ -135,9 +137,14 @@ def init_group(d: DistEnv, backend: str, timeout_s: float) -> bool:
     if dist.is_initialized():
         return False
     try:
-        dist.init_process_group(backend, init_method=f"tcp://{d.master_addr}:{d.master_port}",
-                                rank=d.rank, world_size=d.world,
-                                timeout=datetime.timedelta(seconds=timeout_s))
+        if d.store is None and d.source == "mpi":  # rank 0 holds the store (mpi_channel)
+            d = dataclasses.replace(d, store=dist.TCPStore(
+                d.master_addr, d.master_port, d.world, is_master=False,
+                timeout=datetime.timedelta(seconds=timeout_s)))
+        where = {"store": d.store} if d.store is not None else \
+            {"init_method": f"tcp://{d.master_addr}:{d.master_port}"}
+        dist.init_process_group(backend, rank=d.rank, world_size=d.world,
+                                timeout=datetime.timedelta(seconds=timeout_s), **where)
     except Exception as e:  # torch raises DistStoreError, RuntimeError, ValueError...
         raise DistError(f"rank {d.rank}/{d.world}: could not join the process group at "
                         f"{d.master_addr}:{d.master_port} within {timeout_s:g} s ({e}); are all "

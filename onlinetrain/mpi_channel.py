@@ -95,6 +95,28 @@ def share_read(read, stdin: bool = False) -> list:
     return sets[prods.index(me)::len(prods)]
 
 
+def rendezvous_address() -> str:
+    """An address of this host that other hosts can reach: not 127.x (Debian maps the host name
+    to 127.0.1.1), else the source address of the default route."""
+    try:
+        infos = socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)
+    except OSError:
+        infos = []
+    for *_, sa in infos:
+        if not sa[0].startswith("127."):
+            return sa[0]
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(("192.0.2.1", 9))  # TEST-NET: no packet is sent, the route is looked up
+            addr = s.getsockname()[0]
+    except OSError:
+        addr = "127.0.0.1"
+    if addr.startswith("127."):
+        raise ChannelError("cannot find a non-loopback address of this host for the trainers' "
+                           "rendezvous: set MASTER_ADDR", addr)
+    return addr
+
+
 class MpiProducer:
     def __init__(self, url: str, trainers: list[int]):
         self.name, self.trainers = url, trainers
@@ -143,25 +165,47 @@ class MpiConsumer:
         return cls(url, roles, me)
 
     def dist_env(self):
-        """The DDP rendezvous of the trainer ranks (trainer 0 picks it, point-to-point to others)."""
+        """The DDP rendezvous of the trainer ranks, through trainer 0 (point-to-point): every
+        trainer sends it its host name; it starts the TCP store on a port the kernel picks (held
+        from then on: no bind-then-close race), and answers each with its address, that port and
+        the trainer's local rank (its index among the trainers on its host, for cuda:N). The
+        address is 127.0.0.1 when all trainers share one host, else MASTER_ADDR or a
+        non-loopback address of this host (rendezvous_address)."""
         from .ddp import DistEnv  # noqa: PLC0415
         MPI = _mpi()
         msg = np.zeros(256, np.uint8)
+        host = socket.gethostname().encode()[:255]
+        store = None
         if self.index == 0:
-            addr = os.environ.get("MASTER_ADDR") or socket.gethostbyname(socket.gethostname())
-            port = os.environ.get("MASTER_PORT")
-            if not port:
-                with socket.socket() as s:
-                    s.bind((addr, 0))
-                    port = s.getsockname()[1]
-            raw = f"{addr} {port}".encode()
-            msg[:len(raw)] = np.frombuffer(raw, np.uint8)
+            hosts = [host]
             for t in self.trainers[1:]:
-                self.comm.Send([msg, MPI.BYTE], dest=t, tag=TAG_RDV)
+                self.comm.Recv([msg, MPI.BYTE], source=t, tag=TAG_RDV)
+                hosts.append(bytes(msg).rstrip(b"\0"))
+            one_host = len(set(hosts)) == 1
+            addr = "127.0.0.1" if one_host and "MASTER_ADDR" not in os.environ else \
+                os.environ.get("MASTER_ADDR") or rendezvous_address()
+            import torch.distributed as dist  # noqa: PLC0415
+            store = dist.TCPStore("0.0.0.0" if not one_host else addr,
+                                  int(os.environ.get("MASTER_PORT", "0")), len(self.trainers),
+                                  is_master=True, wait_for_workers=False)
+            port = store.port
+            for i, t in enumerate(self.trainers):
+                local = hosts[:i].count(hosts[i])
+                raw = f"{addr} {port} {local}".encode()
+                msg[:] = 0
+                msg[:len(raw)] = np.frombuffer(raw, np.uint8)
+                if i == 0:
+                    mine = bytes(msg)
+                else:
+                    self.comm.Send([msg, MPI.BYTE], dest=t, tag=TAG_RDV)
         else:
+            msg[:len(host)] = np.frombuffer(host, np.uint8)
+            self.comm.Send([msg, MPI.BYTE], dest=self.trainers[0], tag=TAG_RDV)
             self.comm.Recv([msg, MPI.BYTE], source=self.trainers[0], tag=TAG_RDV)
-        addr, port = bytes(msg).rstrip(b"\0").decode().split()
-        return DistEnv(self.index, len(self.trainers), 0, addr, int(port), "mpi")
+            mine = bytes(msg)
+        addr, port, local = mine.rstrip(b"\0").decode().split()
+        return DistEnv(self.index, len(self.trainers), int(local), addr, int(port), "mpi",
+                       store=store)
 
     def _next(self):
         if self._error is not None:

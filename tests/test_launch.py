@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from onlinetrain import launch, procs
+from onlinetrain import launch, mpi_channel, procs
 
 from conftest import ROOT
 
@@ -164,3 +164,31 @@ def test_mpi_simulate_ranks_share_the_sets_read_from_stdin(tmp_path):
     with open(tmp_path / "p.jsonl") as fh:
         r = run_mpi(["-n", "1"] + ot + train + [":", "-n", "2"] + ot + sim, fh, timeout=100)
     assert r.returncode != 0 and "which mpiexec gives to rank 0 only" in r.stderr
+
+
+RDV = """
+import json, socket
+import torch, torch.distributed as dist
+from onlinetrain import ddp
+from onlinetrain.mpi_channel import MpiConsumer
+d = MpiConsumer.listen("mpi://t").dist_env()
+socket.create_connection((d.master_addr, d.master_port), 5).close()  # listening already
+ddp.init_group(d, "gloo", 60)
+t = torch.tensor([d.rank + 1.0])
+dist.all_reduce(t)
+print(json.dumps({"rank": d.rank, "local": d.local_rank, "addr": d.master_addr, "sum": t.item()}))
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.timeout(120)
+def test_mpi_rendezvous_local_ranks_loopback_and_a_held_port():
+    r = run_mpi(["-n", "3", sys.executable, "-c", RDV], subprocess.DEVNULL, timeout=100)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = sorted((json.loads(ln) for ln in r.stdout.splitlines() if ln.startswith("{")),
+                 key=lambda x: x["rank"])
+    # one host: local ranks 0..2 (each its own cuda:N), the loopback address, one group
+    assert [o["local"] for o in out] == [0, 1, 2]
+    assert {o["addr"] for o in out} == {"127.0.0.1"} and {o["sum"] for o in out} == {6.0}
+    addr = mpi_channel.rendezvous_address()
+    assert not addr.startswith("127.")  # never the 127.0.1.1 of a Debian /etc/hosts
