@@ -19,7 +19,7 @@ from pathlib import Path
 import click
 
 from . import config as C
-from .ledger import DONE, FAILED, PENDING, RUNNING, Ledger, read_heartbeat
+from .ledger import FAILED, RUNNING, STATES, Ledger, read_heartbeat
 from .study import LedgerSource
 
 
@@ -53,11 +53,13 @@ def study_worker(study_dir, concurrency: int | None = None,
 def status_text(study_dir) -> str:
     """The ledger and training progress as a few lines of text."""
     d = Path(study_dir)
-    snap = Ledger(d).snapshot()
-    by = {k: sorted(i for i, s in snap.items() if s["state"] == k)
-          for k in (PENDING, RUNNING, DONE, FAILED)}
+    led = Ledger(d)
+    snap = led.snapshot()
+    by = {k: sorted(i for i, s in snap.items() if s["state"] == k) for k in STATES}
     lines = [f"study {d}: {len(snap)} parameter sets: " +
              ", ".join(f"{len(v)} {k}" for k, v in by.items())]
+    if led.ended:
+        lines.append(f"  study ended: {led.ended}")
     restarts = sum(s["attempts"] for s in snap.values() if s["state"] != FAILED)
     if restarts:
         lines.append(f"  restarts so far: {restarts}")

@@ -129,6 +129,9 @@ def _run_locked(cfg, out: Path, t0: float, on_progress, resume: bool) -> dict:
         try:
             summary = train(cfg, consumer=consumer, on_progress=on_progress, stop_event=stop,
                             resume=resume, finished=finished)
+            stopped = Ledger(out).end(f"the trainer finished at batch {summary.get('batches')}")
+            if stopped:  # e.g. train.max_batches: nothing more is started or restarted
+                log.info("the trainer finished; simulations %s stopped", stopped)
         except KeyboardInterrupt:
             if "error" in sim_box:  # the scheduler stopped the run: report why
                 raise sim_box["error"] from None

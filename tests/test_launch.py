@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from onlinetrain import launch, mpi_channel, procs
+from onlinetrain.ledger import Ledger
 
 from conftest import ROOT
 
@@ -192,3 +193,41 @@ def test_mpi_rendezvous_local_ranks_loopback_and_a_held_port():
     assert {o["addr"] for o in out} == {"127.0.0.1"} and {o["sum"] for o in out} == {6.0}
     addr = mpi_channel.rendezvous_address()
     assert not addr.startswith("127.")  # never the 127.0.1.1 of a Debian /etc/hosts
+
+
+SLOW = """
+import sys, time
+from onlinetrain import client
+from solvers import heat2d
+sim = client.init()
+with sim:
+    for k, u in heat2d.solve(list(sim.params), n=8, steps=30):
+        time.sleep(0.15)
+        sim.send(k, u)
+"""
+
+
+@pytest.mark.timeout(150)
+def test_nothing_runs_or_restarts_once_the_trainer_finished(tmp_path, ring_name):
+    prog = tmp_path / "slow.py"
+    prog.write_text(SLOW)
+    cfg, _ = recorder_study(tmp_path, ring_name, n_train=6, max_batches=3)
+    text = cfg.read_text().replace(f'argv = ["{sys.executable}", "{tmp_path / "rec.py"}", '
+                                   f'"{tmp_path / "marks"}"]', f'argv = ["{sys.executable}", '
+                                   f'"{prog}"]').replace("steps = 5", "steps = 30")
+    cfg.write_text(text)
+    r = subprocess.run([sys.executable, "-m", "onlinetrain", "run", str(cfg), "--quiet"],
+                       env=ENV, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    study = tmp_path / "study"
+    events = [json.loads(ln) for ln in (study / "ledger.jsonl").read_text().splitlines()]
+    end = [i for i, e in enumerate(events) if e["ev"] == "end"]
+    assert len(end) == 1 and "trainer finished" in events[end[0]]["reason"]
+    after = {e["ev"] for e in events[end[0] + 1:]}
+    assert not after & {"claim", "start", "restart", "release"}, events[end[0]:]
+    c = Ledger(study).counts()
+    assert c["stopped"] >= 1 and c["pending"] == 0 and c["running"] == 0, c
+    st = subprocess.run([sys.executable, "-m", "onlinetrain", "status", str(study)], env=ENV,
+                        capture_output=True, text=True, timeout=60)
+    assert f"{c['stopped']} stopped" in st.stdout and "0 running" in st.stdout, st.stdout
+    assert "study ended: the trainer finished at batch 3" in st.stdout
