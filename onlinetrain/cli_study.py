@@ -40,14 +40,15 @@ def study_worker(study_dir, concurrency: int | None = None,
     """Run simulations claimed from the study's ledger until none is left; a SimResult."""
     from .runner import redraw_for  # noqa: PLC0415
     from .simulate import run_simulations  # noqa: PLC0415
-    from .launch import cpu_share  # noqa: PLC0415
+    from .launch import ProcessLauncher, cpu_share, token_env  # noqa: PLC0415
     cfg = study_config(study_dir)
     k = concurrency or cfg.simulate.concurrency
     source = LedgerSource(Ledger(study_dir), cfg.simulate, redraw=redraw_for(cfg))
     return run_simulations(None, cfg.solver, cfg.channel_url, k, cfg.channel.connect_timeout,
                            stop_event=stop_event, send_stream_end=False,
                            simulation_timeout=cfg.simulate.simulation_timeout, source=source,
-                           threads=cpu_share(k, 0))
+                           threads=cpu_share(k, 0), launcher=ProcessLauncher(cfg.simulate.ntasks),
+                           env_extra=token_env(cfg.channel_url, study_dir))
 
 
 def status_text(study_dir) -> str:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -182,3 +183,72 @@ def consumer_gone(producer) -> bool:
     except ChannelError:
         return True
     return False
+
+
+def token_env(url: str, study_dir) -> dict:
+    """OT_TOKEN_FILE for the producers of a tcp:// study (its `secret.token`, which the trainer
+    creates), unless the user points it elsewhere; {} for other channels."""
+    from .auth import ENV_TOKEN_FILE, token_path  # noqa: PLC0415
+    if not url.startswith("tcp://") or os.environ.get(ENV_TOKEN_FILE):
+        return {}
+    return {ENV_TOKEN_FILE: str(Path(study_dir).resolve() / token_path(".").name)}
+
+
+def _user(uid: int) -> str:
+    import pwd  # noqa: PLC0415
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid{uid}"
+
+
+def study_channel(cfg, env=None) -> str:
+    """The study's channel: channel.url when the config sets it, else a ring per user, and per
+    Slurm job where there is one: shm://<output.name>-<user>[-j<SLURM_JOB_ID>] (/dev/shm/ot_...),
+    so two users (or two jobs of one user) on a node never share a name."""
+    if cfg.channel.url:
+        return cfg.channel.url
+    env = os.environ if env is None else env
+    user = re.sub(r"[^A-Za-z0-9_.-]", "_", _user(os.getuid()))
+    job = env.get("SLURM_JOB_ID", "")
+    return f"shm://{cfg.output.name}-{user}" + (f"-j{job}" if job.isdigit() else "")
+
+
+def ring_holder(name: str) -> tuple[str, int | None] | None:
+    """(user, pid or None) of another user's process holding ring `name`, else None."""
+    import psutil  # noqa: PLC0415
+
+    from .shm_segment import segment_path  # noqa: PLC0415
+    path = segment_path(name)
+    try:
+        uid = os.stat(path).st_uid
+    except FileNotFoundError:
+        return None
+    if uid == os.getuid():
+        return None
+    pid = None
+    for p in psutil.process_iter(["uids"]):
+        try:
+            if p.info["uids"] and p.info["uids"].real == uid and \
+                    any(m.path == path for m in p.memory_maps(grouped=True)):
+                pid = p.pid
+                break
+        except psutil.Error:
+            continue
+    return _user(uid), pid
+
+
+def check_ring_free(url: str):
+    """Before creating the study's ring: one held by another user is an error at once, naming
+    that user (and pid where it can be seen), instead of a wait for a ring that is not ours."""
+    from .channel import parse_url  # noqa: PLC0415
+    from .errors import ChannelInUse  # noqa: PLC0415
+    u = parse_url(url)
+    if u.scheme != "shm":
+        return
+    held = ring_holder(u.name)
+    if held is not None:
+        user, pid = held
+        who = f"user {user}" + (f", pid {pid}" if pid else "")
+        raise ChannelInUse(f"channel {url} belongs to {who}: pick another output.name or "
+                           f"channel.url (by default rings are named per user)", u.name)

@@ -25,7 +25,7 @@ from . import checkpoint, sampler
 from .ledger import Ledger, LedgerError
 from .study import LedgerSource, StudyDone, prepare_resume, trainer_lock
 from .channel import open_consumer, parse_url
-from .launch import cpu_share
+from .launch import ProcessLauncher, check_ring_free, cpu_share, study_channel, token_env
 from .shm_channel import clean_stale
 from .simulate import run_simulations
 from .trainer import train
@@ -88,6 +88,8 @@ def run_study(cfg, on_progress=None, resume: bool = False) -> dict:
     if resume and not (out / "ledger.jsonl").exists():
         raise LedgerError(f"nothing to resume in {out} (no ledger.jsonl): run without --resume",
                           str(out / "ledger.jsonl"))
+    cfg.channel.url = study_channel(cfg)  # a ring per user: shm://NAME-USER (launch.py)
+    check_ring_free(cfg.channel.url)
     with trainer_lock(out):
         return _run_locked(cfg, out, t0, on_progress, resume)
 
@@ -115,7 +117,8 @@ def _run_locked(cfg, out: Path, t0: float, on_progress, resume: bool) -> dict:
                 None, cfg.solver, url, cfg.simulate.concurrency, cfg.channel.connect_timeout,
                 stop_event=stop, send_stream_end=False,
                 simulation_timeout=cfg.simulate.simulation_timeout, source=source,
-                threads=cpu_share(cfg.simulate.concurrency, getattr(cfg.train, "threads", None)))
+                threads=cpu_share(cfg.simulate.concurrency, getattr(cfg.train, "threads", None)),
+                launcher=ProcessLauncher(cfg.simulate.ntasks), env_extra=token_env(url, out))
         except KeyboardInterrupt:
             pass
         except BaseException as e:

@@ -112,16 +112,32 @@ def squeue_steps(env) -> list[S.Step]:
     return S.parse_steps(r.stdout)
 
 
+OUTCOME = {"start": "started", "restart": "failed", "done": "done", "fail": "gave_up",
+           "release": "released", "stop": "stopped"}
+
+
+def events(d: Path) -> list[dict]:
+    return [json.loads(ln) for ln in (d / "ledger.jsonl").read_text().splitlines()]
+
+
 def attempts(d: Path) -> list[dict]:
-    return [a for a in map(json.loads, (d / "attempts.jsonl").read_text().splitlines())
-            if a.get("role") != "trainer"]
+    """Each simulation's history from the ledger: started, failed (restarted), done, gave_up,
+    released (back to pending), stopped."""
+    return [{**e, "sim": e["id"], "outcome": OUTCOME[e["ev"]]} for e in events(d)
+            if e["ev"] in OUTCOME]
+
+
+def trainer_events(d: Path) -> list[dict]:
+    return [e for e in events(d) if e["ev"] == "trainer"]
 
 
 def study_procs(url: str) -> list[psutil.Process]:
+    """Processes of the study whose ring is url + '-USER-jJOB' (launch.study_channel)."""
     out = []
     for p in psutil.process_iter():
         try:
-            if p.environ().get("OT_CHANNEL") == url or url in " ".join(p.cmdline()):
+            if p.environ().get("OT_CHANNEL", "").startswith(url) or \
+                    url in " ".join(p.cmdline()):
                 out.append(p)
         except psutil.Error:
             continue
@@ -194,8 +210,7 @@ def test_killed_trainer_resumes_from_its_checkpoint_and_reruns_only_what_it_lost
     res = json.loads((d / "result.json").read_text())
     assert res["status"] == "completed" and res["trainer_restarts"] == 1
     assert res["done"] == ALL_IDS  # each once
-    trainer_rec = [a for a in map(json.loads, (d / "attempts.jsonl").read_text().splitlines())
-                   if a.get("role") == "trainer"]
+    trainer_rec = trainer_events(d)
     assert [t["outcome"] for t in trainer_rec] == ["started", "failed", "started", "done"]
     assert "SIGKILL" in trainer_rec[1]["reason"] or "137" in trainer_rec[1]["reason"]
     # the restarted trainer got --resume and continued from the checkpointed batch, not from 0
@@ -228,7 +243,8 @@ def test_killed_trainer_resumes_from_its_checkpoint_and_reruns_only_what_it_lost
         else:
             assert outcomes.count("started") == 2 and outcomes[-1] == "done", (sid, outcomes)
     three = [a["outcome"] for a in attempts(d) if a["sim"] == 3]
-    assert three == ["started", "interrupted", "started", "done"]
+    assert three == ["started", "released", "started", "done"]  # its data went with the trainer
+    assert "the trainer" in [a for a in attempts(d) if a["sim"] == 3][1]["reason"]
     st = json.loads(ot("slurm", "status", d, "--json", env=env).stdout)
     assert st["simulations"]["done"] == ALL_IDS and st["simulations"]["trainer"][2]["resume_batch"] == 3
     assert (d / "checkpoint.pt").exists()
@@ -259,7 +275,7 @@ def test_semiglobal_study_restarts_killed_and_gives_up_on_failing(study, ring_na
     assert two == ["started", "failed", "started", "gave_up"]
     four = [a["outcome"] for a in attempts(d) if a["sim"] == 4]
     assert four == ["started", "failed", "started", "done"]
-    roles = [j["role"] for j in map(json.loads, (d / "jobs.jsonl").read_text().splitlines())]
+    roles = [e["role"] for e in events(d) if e["ev"] == "job"]
     assert roles.count("driver") == 1 and roles.count("simulation") == 8 + 2  # 2 restarts
     assert (d / "checkpoint.pt").exists()
     assert not study_procs(f"shm://{ring_name}")
@@ -302,7 +318,7 @@ def test_submit_inside_an_existing_allocation_runs_there(study, tmp_path):
     assert r.returncode == 0, (tmp_path / "mine.out").read_text()
     res = json.loads((d / "result.json").read_text())
     assert res["status"] == "completed" and res["done"] == ALL_IDS
-    assert not (d / "jobs.jsonl").exists()  # nothing was submitted: it ran in the allocation
+    assert not [e for e in events(d) if e["ev"] == "job"]  # nothing submitted: it ran here
     assert (d / "checkpoint.pt").exists()
     # the driver's script run again by hand continues the study from its checkpoint: the trainer
     # resumes at its last batch and no simulation runs again (all were fully received)
@@ -312,6 +328,5 @@ def test_submit_inside_an_existing_allocation_runs_there(study, tmp_path):
     res = json.loads((d / "result.json").read_text())
     assert res["status"] == "completed" and res["done"] == ALL_IDS
     assert len([a for a in attempts(d) if a["outcome"] == "started"]) == len(ALL_IDS)
-    trainer = [a for a in map(json.loads, (d / "attempts.jsonl").read_text().splitlines())
-               if a.get("role") == "trainer"]
+    trainer = trainer_events(d)
     assert trainer[-2]["resume_batch"] == 30 and trainer[-1]["outcome"] == "done"
