@@ -231,3 +231,105 @@ def test_nothing_runs_or_restarts_once_the_trainer_finished(tmp_path, ring_name)
                         capture_output=True, text=True, timeout=60)
     assert f"{c['stopped']} stopped" in st.stdout and "0 running" in st.stdout, st.stdout
     assert "study ended: the trainer finished at batch 3" in st.stdout
+
+
+def other_user():
+    """A second Unix user (created when missing: the tests run as root)."""
+    import pwd
+    try:
+        return pwd.getpwnam("otuser2")
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--no-create-home", "--shell",
+                        "/usr/sbin/nologin", "otuser2"], check=True)
+        return pwd.getpwnam("otuser2")
+
+
+def _as_user(pw, fn, conn):
+    """In a forked child: become `pw` and send back what fn() returns or raises."""
+    os.setgid(pw.pw_gid)
+    os.setuid(pw.pw_uid)
+    try:
+        conn.send(("ok", fn()))
+    except Exception as e:  # noqa: BLE001 - reported to the test
+        conn.send((type(e).__name__, str(e)))
+
+
+def _hold(name, ready, done):
+    from onlinetrain.shm_channel import RingConsumer
+    ring = RingConsumer.create(name, capacity=1 << 16)
+    ready.set()
+    done.wait(120)
+    ring.close()
+    return os.getpid()
+
+
+@pytest.mark.timeout(150)
+def test_two_users_on_one_node_get_their_own_rings(tmp_path, ring_name):
+    import multiprocessing as mp
+    from onlinetrain.shm_channel import RingConsumer
+    pw = other_user()
+    launch.ring_holder(ring_name)  # imports done before forking: the other user cannot read them
+    ctx = mp.get_context("fork")
+    ready, done = ctx.Event(), ctx.Event()
+    parent, child = ctx.Pipe()
+    # user otuser2 runs a study of the same output.name: it holds /dev/shm/ot_<name>-otuser2 and
+    # the old shared name /dev/shm/ot_<name>
+    holders = [ctx.Process(target=_as_user, args=(pw, lambda n=n: _hold(n, ready, done), child))
+               for n in (ring_name,)]
+    for h in holders:
+        h.start()
+    try:
+        assert ready.wait(30)
+        cfg, marks = recorder_study(tmp_path, ring_name)
+        r = subprocess.run([sys.executable, "-m", "onlinetrain", "run", str(cfg), "--quiet"],
+                           env=ENV, capture_output=True, text=True, timeout=100)
+        assert r.returncode == 0, r.stderr  # root's study runs on shm://<name>-root
+        assert len(list(marks.glob("env-*.json"))) == 6
+        url = json.loads((tmp_path / "study" / "config.json").read_text())["channel"]["url"]
+        assert url == f"shm://{ring_name}-root"
+        # a name another user holds, given explicitly: an error naming the user and the pid
+        cfg.write_text(cfg.read_text() + f'[channel]\nurl = "shm://{ring_name}"\n')
+        r = subprocess.run([sys.executable, "-m", "onlinetrain", "run", str(cfg), "--quiet"],
+                           env=ENV, capture_output=True, text=True, timeout=100)
+        assert r.returncode == 1
+        assert f"shm://{ring_name} belongs to user otuser2, pid {holders[0].pid}" in r.stderr
+        # ... and the other way round: otuser2 is told at once that root's ring is not its own
+        mine = RingConsumer.create(ring_name + "-x", capacity=1 << 16)
+        try:
+            p = ctx.Process(target=_as_user, args=(pw, lambda: launch.check_ring_free(
+                f"shm://{ring_name}-x"), child))
+            p.start()
+            kind, msg = parent.recv()
+            p.join(30)
+        finally:
+            mine.close()
+        assert kind == "ChannelInUse" and "belongs to user root" in msg, (kind, msg)
+    finally:
+        done.set()
+        for h in holders:
+            h.join(30)
+
+
+@pytest.mark.timeout(200)
+def test_a_two_rank_mpi_simulation_runs_under_ot_run(tmp_path, ring_name):
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    cfg, _ = recorder_study(tmp_path, ring_name, n_train=3, n_val=1, concurrency=1,
+                            max_batches=100)
+    text = cfg.read_text().replace(f'argv = ["{sys.executable}", "{tmp_path / "rec.py"}", '
+                                   f'"{tmp_path / "marks"}"]', f'argv = ["{sys.executable}", '
+                                   f'"{ROOT / "tests" / "mpi_sim.py"}"]')
+    cfg.write_text(text.replace("steps = 5", "steps = 6").replace(
+        "concurrency = 1", "concurrency = 1\nntasks = 2\nsimulation_timeout = 60"))
+    before = _mpich_segments()
+    try:
+        r = subprocess.run([sys.executable, "-m", "onlinetrain", "run", str(cfg), "--quiet"],
+                           env={**MPI_ENV, "OT_TEST_MARKS": str(marks)}, capture_output=True,
+                           text=True, timeout=180)
+    finally:
+        for seg in _mpich_segments() - before:
+            os.unlink(f"/dev/shm/{seg}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert {p.name: p.read_text() for p in marks.iterdir()} == {f"size-{i}": "2" for i in range(4)}
+    s = json.loads((tmp_path / "study" / "summary.json").read_text())
+    assert s["sims_done"] == 4 and s["samples_received"] == 4 * 6 and s["duplicates_dropped"] == 0

@@ -307,7 +307,8 @@ def test_cancel_leaves_no_job_step_process_or_segment(study, ring_name):
     assert json.loads((d / "result.json").read_text())["status"] == "cancelled"
 
 
-@pytest.mark.timeout(150)
+# two studies of up to 140 s each, and the session's cluster is stopped in this test's teardown
+@pytest.mark.timeout(330)
 def test_submit_inside_an_existing_allocation_runs_there(study, tmp_path):
     cfg, d, env, _ = study("global")
     user_script = tmp_path / "mine.sbatch"
