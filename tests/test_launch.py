@@ -201,8 +201,8 @@ from onlinetrain import client
 from solvers import heat2d
 sim = client.init()
 with sim:
-    for k, u in heat2d.solve(list(sim.params), n=8, steps=30):
-        time.sleep(0.15)
+    for k, u in heat2d.solve(list(sim.params), n=8, steps=60):
+        time.sleep(0.25)
         sim.send(k, u)
 """
 
@@ -211,10 +211,11 @@ with sim:
 def test_nothing_runs_or_restarts_once_the_trainer_finished(tmp_path, ring_name):
     prog = tmp_path / "slow.py"
     prog.write_text(SLOW)
-    cfg, _ = recorder_study(tmp_path, ring_name, n_train=6, max_batches=3)
+    # 14 simulations of 15 s, 2 at a time: the trainer reaches batch 3 long before the last ones
+    cfg, _ = recorder_study(tmp_path, ring_name, n_train=12, max_batches=3)
     text = cfg.read_text().replace(f'argv = ["{sys.executable}", "{tmp_path / "rec.py"}", '
                                    f'"{tmp_path / "marks"}"]', f'argv = ["{sys.executable}", '
-                                   f'"{prog}"]').replace("steps = 5", "steps = 30")
+                                   f'"{prog}"]').replace("steps = 5", "steps = 60")
     cfg.write_text(text)
     r = subprocess.run([sys.executable, "-m", "onlinetrain", "run", str(cfg), "--quiet"],
                        env=ENV, capture_output=True, text=True, timeout=120)
