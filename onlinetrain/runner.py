@@ -99,7 +99,7 @@ def _run_locked(cfg, out: Path, t0: float, on_progress, resume: bool) -> dict:
     u = parse_url(url)
     if u.scheme == "shm":
         clean_stale(u.name)
-    consumer = open_consumer(url, capacity=cfg.channel.ring_mb << 20)
+    consumer = open_consumer(url, capacity=cfg.channel.ring_mb << 20, study_dir=str(out))
     try:
         if not resume:
             new_study(cfg, out)

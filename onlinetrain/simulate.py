@@ -173,7 +173,9 @@ def run_simulations(sets: list[dict] | None, solver, url: str, concurrency: int 
     os.makedirs(progress_dir, exist_ok=True)
     own_producer = producer is None
     if own_producer:
-        producer = open_producer(url, timeout=connect_timeout)  # also checks the channel exists
+        token = {"token_file": env_extra["OT_TOKEN_FILE"]} if "OT_TOKEN_FILE" in (env_extra or {}) \
+            else {}
+        producer = open_producer(url, timeout=connect_timeout, **token)  # the channel exists?
     why_stop = None
 
     def start(sid, params, attempt):

@@ -60,7 +60,7 @@ from solvers import heat2d
 sim = client.init()
 with open(os.path.join(sys.argv[1], f"env-{sim.sim_id}.json"), "w") as fh:
     json.dump({k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-                                              "MKL_NUM_THREADS")}, fh)
+                                              "MKL_NUM_THREADS", "OT_TOKEN_FILE")}, fh)
 with sim:
     for k, u in heat2d.solve(list(sim.params), n=8, steps=5):
         sim.send(k, u)
@@ -113,7 +113,7 @@ def test_simulations_get_their_cpu_share_of_threads(tmp_path, ring_name):
     seen = [json.loads(p.read_text()) for p in sorted(marks.glob("env-*.json"))]
     assert len(seen) == 6
     assert all(s == {"OMP_NUM_THREADS": share, "OPENBLAS_NUM_THREADS": share,
-                     "MKL_NUM_THREADS": "3"} for s in seen), seen
+                     "MKL_NUM_THREADS": "3", "OT_TOKEN_FILE": None} for s in seen), seen
     assert launch.cpu_share(2, 1, cores=16) == 7 and launch.cpu_share(4, None, cores=2) == 1
     assert launch.cpu_share(3, 0, cores=12) == 4
 
@@ -334,3 +334,35 @@ def test_a_two_rank_mpi_simulation_runs_under_ot_run(tmp_path, ring_name):
     assert {p.name: p.read_text() for p in marks.iterdir()} == {f"size-{i}": "2" for i in range(4)}
     s = json.loads((tmp_path / "study" / "summary.json").read_text())
     assert s["sims_done"] == 4 and s["samples_received"] == 4 * 6 and s["duplicates_dropped"] == 0
+
+
+@pytest.mark.timeout(150)
+def test_tcp_producers_of_a_study_worker_get_the_study_token(tmp_path, ring_name):
+    import socket
+    from onlinetrain import config
+    from onlinetrain.runner import new_study
+    with socket.socket() as s:  # a free port for the study's listener
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"tcp://127.0.0.1:{port}"
+    cfg_path, marks = recorder_study(tmp_path, ring_name, extra=f'[channel]\nurl = "{url}"\n')
+    study = tmp_path / "study"
+    cfg = config.load(cfg_path)
+    cfg.validation.first_id, cfg.validation.end_id = 4, 6
+    new_study(cfg, study)
+    env = {k: v for k, v in ENV.items() if k != "OT_TOKEN_FILE"}
+    ot = [sys.executable, "-m", "onlinetrain"]
+    trainer = procs.spawn(ot + ["train", "--from", url, "--config", str(cfg_path), "--out",
+                                str(study), "--quiet"], env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+    try:
+        w = subprocess.run(ot + ["simulate", "--study", str(study)], env=env,
+                           capture_output=True, text=True, timeout=100)
+        out, err = trainer.communicate(timeout=60)
+    finally:
+        procs.terminate(trainer)
+    assert w.returncode == 0 and "6 simulations done, 0 failed" in w.stderr, w.stderr
+    assert trainer.returncode == 0, err
+    seen = [json.loads(p.read_text()) for p in sorted(marks.glob("env-*.json"))]
+    assert len(seen) == 6 and {s["OT_TOKEN_FILE"] for s in seen} == {str(study / "secret.token")}
+    assert json.loads((study / "summary.json").read_text())["samples_received"] == 6 * 5

@@ -331,3 +331,31 @@ def test_submit_inside_an_existing_allocation_runs_there(study, tmp_path):
     assert len([a for a in attempts(d) if a["outcome"] == "started"]) == len(ALL_IDS)
     trainer = trainer_events(d)
     assert trainer[-2]["resume_batch"] == 30 and trainer[-1]["outcome"] == "done"
+
+
+@pytest.mark.timeout(240)
+def test_two_rank_mpi_simulations_run_as_srun_steps(study, ring_name):
+    cfg, d, env, marks = study("global", buffer="fifo")
+    text = cfg.read_text().replace(
+        'kind = "python"\nfunction = "tests.slurm_solvers:heat2d_faulty"\nn = 8\nsteps = 10',
+        f'kind = "program"\nargv = ["{sys.executable}", "{ROOT / "tests" / "mpi_sim.py"}"]\n'
+        f'steps = 6')
+    cfg.write_text(text + "[simulate]\nntasks = 2\n")
+    p = submit_bg(cfg, env)
+    try:
+        out, err = p.communicate(timeout=200)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 0, out + err + "".join(f.read_text() for f in (d / "logs").glob("*"))
+    assert "#SBATCH --ntasks=4" in (d / S.DRIVER_SCRIPT).read_text()  # job_limit x ntasks
+    res = json.loads((d / "result.json").read_text())
+    assert res["status"] == "completed" and res["done"] == ALL_IDS
+    assert {f.name: f.read_text() for f in marks.glob("size-*")} == \
+        {f"size-{i}": "2" for i in ALL_IDS}  # every simulation was a 2-rank MPI world
+    starts = [e for e in events(d) if e["ev"] == "start"]
+    assert len(starts) == 8 and all(e["where"].startswith("srun pid") for e in starts)
+    summary = json.loads((d / "summary.json").read_text())
+    assert summary["samples_received"] == 8 * 6 and summary["duplicates_dropped"] == 0
+    assert not study_procs(f"shm://{ring_name}")
