@@ -171,7 +171,7 @@ class MpiConsumer:
         the trainer's local rank (its index among the trainers on its host, for cuda:N). The
         address is 127.0.0.1 when all trainers share one host, else MASTER_ADDR or a
         non-loopback address of this host (rendezvous_address)."""
-        from .ddp import DistEnv  # noqa: PLC0415
+        from .distenv import DistEnv  # noqa: PLC0415
         MPI = _mpi()
         msg = np.zeros(256, np.uint8)
         host = socket.gethostname().encode()[:255]

@@ -25,7 +25,7 @@ def generator(solver: dict, params):
                                  scheme=solver.get("scheme", "implicit")):
             yield k, u.astype(np.float32)
         return
-    from .surrogate import import_function  # noqa: PLC0415
+    from .imports import import_function  # noqa: PLC0415
     yield from import_function(solver["function"])(params)
 
 

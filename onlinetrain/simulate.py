@@ -35,7 +35,7 @@ import numpy as np
 
 from . import frame as fr
 from .channel import open_producer
-from .client import ENV_PROGRESS
+from .client import ENV_PROGRESS, sim_end_sent
 from .launch import ProcessLauncher, consumer_gone, thread_env
 
 log = logging.getLogger(__name__)
@@ -233,10 +233,12 @@ def run_simulations(sets: list[dict] | None, solver, url: str, concurrency: int 
             for sid in _wait(launcher, running, poll):
                 r = running.pop(sid)
                 ok, why = r.handle.poll()
-                if ok:
-                    _notify(producer, fr.SIM_END, sid, "end")  # in case the program did not
+                if ok and sim_end_sent(r.progress_path):  # its own SIM_END carries the counts
                     source.done(sid)
                     res.done.append(sid)
+                elif ok:  # its data cannot be checked complete without the SIM_END counts
+                    crashed(sid, r.params, r.attempt, "exited with status 0 but sent no SIM_END "
+                                                      "(end it with client finalize / ot_finalize)")
                 else:
                     crashed(sid, r.params, r.attempt, why)
             if simulation_timeout > 0:

@@ -144,7 +144,7 @@ class Driver:
         while True:
             self._start_trainer(trainer_attempt, ck)
             if ck is not None:  # given up after the checkpoint: tell the new trainer again
-                known = {int(k) for k in ck["receiver"]["sims_failed"]}
+                known = {int(k) for k in ck["sections"]["receiver"]["sims_failed"]}
                 for sid, st in sorted(self.ledger.snapshot().items()):
                     if st["state"] == "failed" and sid not in known:
                         self._notify(fr.SIM_FAILED, sid, st["reason"])

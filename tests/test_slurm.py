@@ -230,11 +230,11 @@ def test_killed_trainer_resumes_from_its_checkpoint_and_reruns_only_what_it_lost
     assert summary["samples_received"] == 8 * 10 and summary["buffer"]["served"] == 6 * 10
     final = checkpoint.load_latest(d)
     assert checkpoint.fully_received(final) == set(ALL_IDS)
-    seen = final["receiver"]["seen"].numpy().tolist()
+    seen = final["sections"]["receiver"]["seen"].numpy().tolist()
     assert sorted(map(tuple, seen)) == [(s, k) for s in ALL_IDS for k in range(1, 11)]
-    lost = [k for k in ck["receiver"]["seen"].numpy().tolist() if k[0] not in fully]
+    lost = [k for k in ck["sections"]["receiver"]["seen"].numpy().tolist() if k[0] not in fully]
     assert lost  # sim 3's two steps at least: re-sent by its rerun, dropped as duplicates
-    assert summary["duplicates_dropped"] == ck["receiver"]["duplicates"] + len(lost)
+    assert summary["duplicates_dropped"] == ck["sections"]["receiver"]["duplicates"] + len(lost)
     # simulations fully received before the crash ran once; the others ran again
     for sid in ALL_IDS:
         outcomes = [a["outcome"] for a in attempts(d) if a["sim"] == sid]
