@@ -102,16 +102,22 @@ def simulate(url, study_dir, params_file, config_path, concurrency, solver, n, s
             "solver.argv": list(program) or None, "solver.n": n, "solver.steps": steps,
             "solver.scheme": scheme, "simulate.concurrency": concurrency,
             "channel.connect_timeout": connect_timeout}, sets=sets)
-        psets = read_jsonl(params_file, getattr(params_file, "name", "<stdin>"))
-        if url.startswith("mpi://"):  # every simulate rank of the MPI job reads the same file
-            from .mpi_channel import share  # noqa: PLC0415
-            psets = share(psets)
+
+        def read():
+            return read_jsonl(params_file, getattr(params_file, "name", "<stdin>"))
+        if url.startswith("mpi://"):  # the first simulate rank reads (stdin is rank 0's only)
+            from .mpi_channel import share_read  # noqa: PLC0415
+            psets = share_read(read, getattr(params_file, "name", "<stdin>") == "<stdin>")
+        else:
+            psets = read()
+        from .launch import cpu_share  # noqa: PLC0415
         from .relay import maybe_relayed  # noqa: PLC0415
         with maybe_relayed(url, relay, cfg.channel.connect_timeout) as target:
             res = run_simulations(psets, cfg.solver, target, cfg.simulate.concurrency,
                                   cfg.channel.connect_timeout,
                                   max_restarts=cfg.simulate.max_restarts,
-                                  simulation_timeout=cfg.simulate.simulation_timeout)
+                                  simulation_timeout=cfg.simulate.simulation_timeout,
+                                  threads=cpu_share(cfg.simulate.concurrency, 0))
         click.echo(f"{len(res.done)} simulations done, {len(res.failed)} failed in "
                    f"{res.wall_s:.1f} s", err=True)
         for sid, why in res.failed.items():

@@ -88,8 +88,10 @@ def status(study_dir, as_json):
         click.echo(f"  step {st['id']:<10} {st['name']:<12} on {st['nodes']}")
     sims = s["simulations"]
     click.echo(f"simulations: {len(sims['done'])} done, {len(sims['failed'])} failed, "
-               f"{len(sims['running'])} running, "
-               f"{sum(max(0, n - 1) for n in sims['attempts'].values())} restarts")
+               f"{len(sims['running'])} running, {len(sims['pending'])} pending, "
+               f"{len(sims['stopped'])} stopped, {sims['restarts']} restarts")
+    if sims["ended"]:
+        click.echo(f"study ended: {sims['ended']}")
     for sid, why in sims["failed"].items():
         click.echo(f"  simulation {sid}: {why}")
     t = s["training"]

@@ -19,7 +19,7 @@ from pathlib import Path
 import click
 
 from . import config as C
-from .ledger import DONE, FAILED, PENDING, RUNNING, Ledger, read_heartbeat
+from .ledger import FAILED, RUNNING, STATES, Ledger, read_heartbeat
 from .study import LedgerSource
 
 
@@ -40,22 +40,27 @@ def study_worker(study_dir, concurrency: int | None = None,
     """Run simulations claimed from the study's ledger until none is left; a SimResult."""
     from .runner import redraw_for  # noqa: PLC0415
     from .simulate import run_simulations  # noqa: PLC0415
+    from .launch import ProcessLauncher, cpu_share, token_env  # noqa: PLC0415
     cfg = study_config(study_dir)
+    k = concurrency or cfg.simulate.concurrency
     source = LedgerSource(Ledger(study_dir), cfg.simulate, redraw=redraw_for(cfg))
-    return run_simulations(None, cfg.solver, cfg.channel_url,
-                           concurrency or cfg.simulate.concurrency, cfg.channel.connect_timeout,
+    return run_simulations(None, cfg.solver, cfg.channel_url, k, cfg.channel.connect_timeout,
                            stop_event=stop_event, send_stream_end=False,
-                           simulation_timeout=cfg.simulate.simulation_timeout, source=source)
+                           simulation_timeout=cfg.simulate.simulation_timeout, source=source,
+                           threads=cpu_share(k, 0), launcher=ProcessLauncher(cfg.simulate.ntasks),
+                           env_extra=token_env(cfg.channel_url, study_dir))
 
 
 def status_text(study_dir) -> str:
     """The ledger and training progress as a few lines of text."""
     d = Path(study_dir)
-    snap = Ledger(d).snapshot()
-    by = {k: sorted(i for i, s in snap.items() if s["state"] == k)
-          for k in (PENDING, RUNNING, DONE, FAILED)}
+    led = Ledger(d)
+    snap = led.snapshot()
+    by = {k: sorted(i for i, s in snap.items() if s["state"] == k) for k in STATES}
     lines = [f"study {d}: {len(snap)} parameter sets: " +
              ", ".join(f"{len(v)} {k}" for k, v in by.items())]
+    if led.ended:
+        lines.append(f"  study ended: {led.ended}")
     restarts = sum(s["attempts"] for s in snap.values() if s["state"] != FAILED)
     if restarts:
         lines.append(f"  restarts so far: {restarts}")

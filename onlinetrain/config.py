@@ -142,9 +142,12 @@ class SimulateConfig:
     simulation_timeout: float = 300.0  # s without a frame before a simulation is killed (0: off)
     crashes_before_redraw: int = 0  # > 0: after this many crashes a set fails, a new one is drawn
     worker_timeout: float = 30.0  # a study worker whose heartbeat is older is presumed dead
+    ntasks: int = 1  # MPI ranks of each simulation (mpiexec -n / srun --ntasks)
 
     def __post_init__(self):
         _check_types(self, "simulate")
+        _check(isinstance(self.ntasks, int) and self.ntasks >= 1, "simulate.ntasks", self.ntasks,
+               "an integer >= 1 (MPI ranks of each simulation)")
         _check(isinstance(self.max_restarts, int) and self.max_restarts >= 0,
                "simulate.max_restarts", self.max_restarts, "an integer >= 0")
         _check(self.simulation_timeout >= 0, "simulate.simulation_timeout",
@@ -306,9 +309,18 @@ class SlurmConfig:
     simulation_args: list = field(default_factory=list)  # sbatch args of the simulations
     python: str = ""  # interpreter on the compute nodes (default: the one running `ot`)
     poll: float = 1.0  # seconds between squeue polls (semiglobal)
+    nodes: int = 1  # nodes of each simulation
+    cpus_per_task: int = 1  # CPUs of each simulation rank (also its BLAS / OpenMP threads)
+    gpus: int = 0  # GPUs of the trainer
+    cpus: int = 1  # CPUs of the trainer
 
     def __post_init__(self):
         _check_types(self, "slurm")
+        for k in ("nodes", "cpus_per_task", "cpus"):
+            _check(isinstance(getattr(self, k), int) and getattr(self, k) >= 1, f"slurm.{k}",
+                   getattr(self, k), "an integer >= 1")
+        _check(isinstance(self.gpus, int) and self.gpus >= 0, "slurm.gpus", self.gpus,
+               "an integer >= 0")
         _check(self.mode in ("global", "semiglobal"), "slurm.mode", self.mode,
                "use global or semiglobal")
         _check(isinstance(self.job_limit, int) and self.job_limit >= 1, "slurm.job_limit",

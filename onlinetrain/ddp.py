@@ -17,6 +17,7 @@ A collective that fails because a peer died raises DistError (see `lost_peer`).
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import logging
 import os
@@ -60,9 +61,14 @@ def init_group(d: DistEnv, backend: str, timeout_s: float) -> bool:
     if dist.is_initialized():
         return False
     try:
-        dist.init_process_group(backend, init_method=f"tcp://{d.master_addr}:{d.master_port}",
-                                rank=d.rank, world_size=d.world,
-                                timeout=datetime.timedelta(seconds=timeout_s))
+        if d.store is None and d.source == "mpi":  # rank 0 holds the store (mpi_channel)
+            d = dataclasses.replace(d, store=dist.TCPStore(
+                d.master_addr, d.master_port, d.world, is_master=False,
+                timeout=datetime.timedelta(seconds=timeout_s)))
+        where = {"store": d.store} if d.store is not None else \
+            {"init_method": f"tcp://{d.master_addr}:{d.master_port}"}
+        dist.init_process_group(backend, rank=d.rank, world_size=d.world,
+                                timeout=datetime.timedelta(seconds=timeout_s), **where)
     except Exception as e:  # torch raises DistStoreError, RuntimeError, ValueError...
         raise DistError(f"rank {d.rank}/{d.world}: could not join the process group at "
                         f"{d.master_addr}:{d.master_port} within {timeout_s:g} s ({e}); are all "

@@ -9,7 +9,7 @@ trainer ranks, ddp.py joins the process group it describes.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .errors import OTError
 
@@ -28,6 +28,7 @@ class DistEnv:
     master_addr: str = "127.0.0.1"
     master_port: int = 29500
     source: str = "single"
+    store: object = field(default=None, compare=False, repr=False)  # a TCPStore already made
 
 
 def _int(env: dict, key: str) -> int:

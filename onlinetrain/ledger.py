@@ -1,12 +1,20 @@
-"""The study ledger: which parameter set is pending, running where, done or failed, and why.
+"""The study ledger: which parameter set is pending, running where, done, failed or stopped, and why;
+the trainer's attempts and the study's Slurm jobs. The one study state of `ot run`, `ot simulate
+--study` and `ot slurm` (schema: docs/ledger.md, version LEDGER_VERSION).
 
 A study directory holds `ledger.jsonl`, an append-only log of events, one JSON object per line:
 
+    {"ev": "ledger", "version": 2}                          first line (absent: version 1)
     {"ev": "add", "id": 3, "params": [...]}                 a parameter set joins the study
-    {"ev": "claim", "id": 3, "worker": "node1:4242", ...}   a worker starts it
+    {"ev": "claim", "id": 3, "worker": "node1:4242", ...}   a worker takes it
+    {"ev": "start", "id": 3, "attempt": 0, "where": ...}    ... and starts it (a process, step, job)
     {"ev": "restart", "id": 3, "reason": "killed by SIGKILL"}  it crashed and is run again there
     {"ev": "done", "id": 3}  /  {"ev": "fail", "id": 3, "reason": ...}
     {"ev": "release", "id": 3, "reason": ...}               back to pending (worker gone, re-run)
+    {"ev": "stop", "id": 3, "reason": ...}                  the trainer finished before it did
+    {"ev": "end", "reason": ...} / {"ev": "reopen"}         the study is over / resumed after all
+    {"ev": "trainer", "attempt": 0, "outcome": "started", ...}   the trainer's attempts
+    {"ev": "job", "job": "1234", "role": "driver"}          a Slurm job of the study
 
 Every read-modify-append happens under a `filelock` on `ledger.jsonl.lock`, so workers on any node
 of a shared file system (see docs/fault-tolerance.md) claim safely; each line is written by a single
@@ -14,9 +22,10 @@ write() and fsync'ed. A half-written last line (a writer killed mid-write) is dr
 naming the file; a corrupt line anywhere else is a LedgerError naming the file and line.
 
     led = Ledger.create("study", sets)          # or Ledger("study") to open it
-    [s] = led.claim(worker_id())                # {"id", "params", "attempts", ...}
+    [s] = led.claim(worker_id())                # {"id", "params", "attempts", "starts", ...}
     led.done(s["id"], worker_id())
     led.counts()                                # {"pending": .., "running": .., "done": .., ...}
+    led.end("train.max_batches reached")        # the rest is stopped; nothing more is claimed
 
 Workers write a heartbeat file `workers/<host>-<pid>.json` (study.Heartbeat); a running set whose
 worker is gone (same host: its pid is dead; other host: heartbeat older than worker_timeout) is
@@ -37,8 +46,12 @@ import psutil
 from filelock import FileLock, Timeout
 
 log = logging.getLogger(__name__)
-PENDING, RUNNING, DONE, FAILED = "pending", "running", "done", "failed"
-_EVENTS = ("add", "claim", "restart", "done", "fail", "release")
+PENDING, RUNNING, DONE, FAILED, STOPPED = "pending", "running", "done", "failed", "stopped"
+STATES = (PENDING, RUNNING, DONE, FAILED, STOPPED)
+ENDED = (DONE, FAILED, STOPPED)
+LEDGER_VERSION = 2
+_EVENTS = ("add", "claim", "start", "restart", "done", "fail", "release", "stop")
+_STUDY_EVENTS = ("ledger", "end", "reopen", "trainer", "job")
 LEDGER, WORKERS = "ledger.jsonl", "workers"
 
 
@@ -80,6 +93,10 @@ class Ledger:
                               f"CONFIG` creates one)", str(self.path))
         self.lock = FileLock(str(self.path) + ".lock", timeout=lock_timeout)
         self.state: dict[int, dict] = {}
+        self.version = 1
+        self.ended: str | None = None  # why the study ended (the trainer finished), or None
+        self.trainer: list[dict] = []  # "trainer" events
+        self.jobs: list[dict] = []  # "job" events
         self._off = 0
         self._lines = 0
 
@@ -91,7 +108,8 @@ class Ledger:
         (d / WORKERS).mkdir(exist_ok=True)
         tmp = d / f"{LEDGER}.tmp{os.getpid()}"
         now = round(time.time(), 3)
-        tmp.write_text("".join(json.dumps({"ev": "add", "id": int(s["id"]),
+        tmp.write_text(json.dumps({"ev": "ledger", "version": LEDGER_VERSION, "t": now}) + "\n" +
+                       "".join(json.dumps({"ev": "add", "id": int(s["id"]),
                                            "params": [float(p) for p in s["params"]], "t": now})
                                + "\n" for s in sets))
         os.replace(tmp, d / LEDGER)
@@ -100,12 +118,16 @@ class Ledger:
     # -- reading -------------------------------------------------------------------------------
     def _apply(self, e: dict, lineno: int):
         ev, sid = e.get("ev"), e.get("id")
+        if ev in _STUDY_EVENTS:
+            self._apply_study(ev, e)
+            return
         if ev not in _EVENTS or not isinstance(sid, int):
             raise LedgerError(f"{self.path} line {lineno}: unknown event {e!r}; fix or delete "
                               f"that line", str(self.path), lineno)
         if ev == "add":
             self.state[sid] = {"id": sid, "params": e["params"], "state": PENDING, "attempts": 0,
-                               "claims": 0, "worker": None, "reason": ""}
+                               "claims": 0, "starts": 0, "worker": None, "where": "",
+                               "reason": ""}
             return
         s = self.state.get(sid)
         if s is None:
@@ -114,6 +136,8 @@ class Ledger:
         if ev == "claim":
             s.update(state=RUNNING, worker=e["worker"], pid=e.get("pid"), pstart=e.get("pstart"),
                      t=e.get("t"), claims=s["claims"] + 1)
+        elif ev == "start":
+            s.update(starts=s["starts"] + 1, where=e.get("where", ""))
         elif ev == "restart":
             s.update(attempts=s["attempts"] + 1, reason=e.get("reason", ""))
         elif ev == "done":
@@ -122,6 +146,20 @@ class Ledger:
             s.update(state=FAILED, attempts=s["attempts"] + 1, reason=e.get("reason", ""))
         elif ev == "release":
             s.update(state=PENDING, worker=None, reason=e.get("reason", ""))
+        elif ev == "stop":
+            s.update(state=STOPPED, worker=None, reason=e.get("reason", ""))
+
+    def _apply_study(self, ev: str, e: dict):
+        if ev == "ledger":
+            self.version = int(e.get("version", 1))
+        elif ev == "end":
+            self.ended = e.get("reason") or "ended"
+        elif ev == "reopen":
+            self.ended = None
+        elif ev == "trainer":
+            self.trainer.append(e)
+        else:
+            self.jobs.append(e)
 
     def _sync(self) -> bytes:
         """Read what others appended since last time; returns an unterminated tail (if any)."""
@@ -180,14 +218,19 @@ class Ledger:
         return {k: dict(v) for k, v in self.state.items()}
 
     def counts(self) -> dict:
-        c = {PENDING: 0, RUNNING: 0, DONE: 0, FAILED: 0}
+        c = dict.fromkeys(STATES, 0)
         for s in self.snapshot().values():
             c[s["state"]] += 1
         return c
 
     def finished(self) -> bool:
-        """Every set is done or failed."""
-        return all(s["state"] in (DONE, FAILED) for s in self.snapshot().values())
+        """Every set is done, failed or stopped."""
+        return all(s["state"] in ENDED for s in self.snapshot().values())
+
+    def is_ended(self) -> str | None:
+        """Why the study ended (`end`), or None while it runs."""
+        self.snapshot()
+        return self.ended
 
     # -- changing ------------------------------------------------------------------------------
     def claim(self, worker: str, n: int = 1, worker_timeout: float = 30.0) -> list[dict]:
@@ -195,6 +238,8 @@ class Ledger:
         (`ot run` adds its held-out validation sets first, so validation data comes early)."""
         with self._locked():
             self._sync()
+            if self.ended:
+                return []
             self._reclaim(worker_timeout)
             todo = [i for i, s in self.state.items() if s["state"] == PENDING][:n]
             host, _, pid = worker.rpartition(":")
@@ -205,6 +250,13 @@ class Ledger:
     def _owned(self, sid: int, worker: str) -> bool:
         s = self.state[sid]
         return s["state"] == RUNNING and s["worker"] == worker
+
+    def started(self, sid: int, worker: str, attempt: int, where: str):
+        """`worker` started attempt `attempt` of set `sid` `where` (a pid, a step, a job)."""
+        with self._locked():
+            self._sync()
+            if self._owned(sid, worker):
+                self._append([{"ev": "start", "id": sid, "attempt": attempt, "where": where}])
 
     def done(self, sid: int, worker: str):
         with self._locked():
@@ -247,6 +299,36 @@ class Ledger:
             if ev:
                 self._append(ev)
             return [e["id"] for e in ev]
+
+    def end(self, reason: str) -> list[int]:
+        """The study is over (its trainer finished): every pending or running set is stopped, and
+        nothing is claimed or restarted from now on. Returns the ids stopped."""
+        with self._locked():
+            self._sync()
+            ids = [i for i, s in self.state.items() if s["state"] in (PENDING, RUNNING)]
+            if not self.ended:
+                self._append([{"ev": "end", "reason": reason}] +
+                             [{"ev": "stop", "id": i, "reason": reason} for i in ids])
+            return ids
+
+    def reopen(self, reason: str) -> list[int]:
+        """Undo `end` (a trainer resumes): the stopped sets go back to pending."""
+        with self._locked():
+            self._sync()
+            ids = [i for i, s in self.state.items() if s["state"] == STOPPED]
+            ev = [{"ev": "reopen", "reason": reason}] if self.ended else []
+            ev += [{"ev": "release", "id": i, "reason": reason} for i in ids]
+            if ev:
+                self._append(ev)
+            return ids
+
+    def record(self, ev: str, **fields):
+        """Append one study-level event: "trainer" (attempt, outcome, reason, ...) or "job"."""
+        if ev not in ("trainer", "job"):
+            raise LedgerError(f"record({ev!r}): use 'trainer' or 'job'", str(self.path), ev)
+        with self._locked():
+            self._sync()
+            self._append([{"ev": ev, **fields}])
 
     def _reclaim(self, worker_timeout: float):
         """Release running sets of workers that are gone (caller holds the lock)."""

@@ -16,9 +16,11 @@ rendezvous from trainer 0 (its address and a free port, or MASTER_ADDR/MASTER_PO
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
+import sys
 import time
 
 import numpy as np
@@ -29,7 +31,7 @@ from .shm_channel import ChannelError, Empty
 log = logging.getLogger(__name__)
 
 PRODUCER, CONSUMER = 1, 2
-TAG_FRAME, TAG_RDV = 7701, 7702
+TAG_FRAME, TAG_RDV, TAG_SETS = 7701, 7702, 7703
 _roles: dict = {}
 
 
@@ -60,6 +62,59 @@ def share(sets: list) -> list:
     roles, me = world_roles(PRODUCER)
     prods = list(np.flatnonzero(roles == PRODUCER))
     return sets[prods.index(me)::len(prods)]
+
+
+def share_read(read, stdin: bool = False) -> list:
+    """Like `share`, but only the first producer rank calls `read()` and sends the sets, as JSON
+    text, to the other producers. `stdin`: read() reads stdin, which mpiexec gives to rank 0
+    alone; when rank 0 is not a producer, the job is ended with an error saying so."""
+    MPI, (roles, me) = _mpi(), world_roles(PRODUCER)
+    prods = [int(r) for r in np.flatnonzero(roles == PRODUCER)]
+    comm = MPI.COMM_WORLD
+    if stdin and prods[0] != 0:
+        if me == prods[0]:  # the other ranks would wait for sets forever: end the whole job
+            sys.stderr.write("Error: the parameter sets come from stdin, which mpiexec gives to "
+                             "rank 0 only, and rank 0 of this MPI job is not `ot simulate`: put "
+                             "`ot simulate` first on the mpiexec line, or pass --params FILE\n")
+            sys.stderr.flush()
+            comm.Abort(2)
+        else:
+            comm.Barrier()  # never returns: the Abort above ends the job
+    if me == prods[0]:
+        sets = read()
+        raw = np.frombuffer(json.dumps(sets).encode(), np.uint8)
+        for p in prods[1:]:
+            comm.Send([np.array([raw.size], np.int64), MPI.INT64_T], dest=p, tag=TAG_SETS)
+            comm.Send([raw, MPI.BYTE], dest=p, tag=TAG_SETS)
+    else:
+        n = np.zeros(1, np.int64)
+        comm.Recv([n, MPI.INT64_T], source=prods[0], tag=TAG_SETS)
+        raw = np.empty(int(n[0]), np.uint8)
+        comm.Recv([raw, MPI.BYTE], source=prods[0], tag=TAG_SETS)
+        sets = json.loads(raw.tobytes())
+    return sets[prods.index(me)::len(prods)]
+
+
+def rendezvous_address() -> str:
+    """An address of this host that other hosts can reach: not 127.x (Debian maps the host name
+    to 127.0.1.1), else the source address of the default route."""
+    try:
+        infos = socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)
+    except OSError:
+        infos = []
+    for *_, sa in infos:
+        if not sa[0].startswith("127."):
+            return sa[0]
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(("192.0.2.1", 9))  # TEST-NET: no packet is sent, the route is looked up
+            addr = s.getsockname()[0]
+    except OSError:
+        addr = "127.0.0.1"
+    if addr.startswith("127."):
+        raise ChannelError("cannot find a non-loopback address of this host for the trainers' "
+                           "rendezvous: set MASTER_ADDR", addr)
+    return addr
 
 
 class MpiProducer:
@@ -110,25 +165,47 @@ class MpiConsumer:
         return cls(url, roles, me)
 
     def dist_env(self):
-        """The DDP rendezvous of the trainer ranks (trainer 0 picks it, point-to-point to others)."""
+        """The DDP rendezvous of the trainer ranks, through trainer 0 (point-to-point): every
+        trainer sends it its host name; it starts the TCP store on a port the kernel picks (held
+        from then on: no bind-then-close race), and answers each with its address, that port and
+        the trainer's local rank (its index among the trainers on its host, for cuda:N). The
+        address is 127.0.0.1 when all trainers share one host, else MASTER_ADDR or a
+        non-loopback address of this host (rendezvous_address)."""
         from .distenv import DistEnv  # noqa: PLC0415
         MPI = _mpi()
         msg = np.zeros(256, np.uint8)
+        host = socket.gethostname().encode()[:255]
+        store = None
         if self.index == 0:
-            addr = os.environ.get("MASTER_ADDR") or socket.gethostbyname(socket.gethostname())
-            port = os.environ.get("MASTER_PORT")
-            if not port:
-                with socket.socket() as s:
-                    s.bind((addr, 0))
-                    port = s.getsockname()[1]
-            raw = f"{addr} {port}".encode()
-            msg[:len(raw)] = np.frombuffer(raw, np.uint8)
+            hosts = [host]
             for t in self.trainers[1:]:
-                self.comm.Send([msg, MPI.BYTE], dest=t, tag=TAG_RDV)
+                self.comm.Recv([msg, MPI.BYTE], source=t, tag=TAG_RDV)
+                hosts.append(bytes(msg).rstrip(b"\0"))
+            one_host = len(set(hosts)) == 1
+            addr = "127.0.0.1" if one_host and "MASTER_ADDR" not in os.environ else \
+                os.environ.get("MASTER_ADDR") or rendezvous_address()
+            import torch.distributed as dist  # noqa: PLC0415
+            store = dist.TCPStore("0.0.0.0" if not one_host else addr,
+                                  int(os.environ.get("MASTER_PORT", "0")), len(self.trainers),
+                                  is_master=True, wait_for_workers=False)
+            port = store.port
+            for i, t in enumerate(self.trainers):
+                local = hosts[:i].count(hosts[i])
+                raw = f"{addr} {port} {local}".encode()
+                msg[:] = 0
+                msg[:len(raw)] = np.frombuffer(raw, np.uint8)
+                if i == 0:
+                    mine = bytes(msg)
+                else:
+                    self.comm.Send([msg, MPI.BYTE], dest=t, tag=TAG_RDV)
         else:
+            msg[:len(host)] = np.frombuffer(host, np.uint8)
+            self.comm.Send([msg, MPI.BYTE], dest=self.trainers[0], tag=TAG_RDV)
             self.comm.Recv([msg, MPI.BYTE], source=self.trainers[0], tag=TAG_RDV)
-        addr, port = bytes(msg).rstrip(b"\0").decode().split()
-        return DistEnv(self.index, len(self.trainers), 0, addr, int(port), "mpi")
+            mine = bytes(msg)
+        addr, port, local = mine.rstrip(b"\0").decode().split()
+        return DistEnv(self.index, len(self.trainers), int(local), addr, int(port), "mpi",
+                       store=store)
 
     def _next(self):
         if self._error is not None:

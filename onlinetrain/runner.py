@@ -25,6 +25,7 @@ from . import checkpoint, sampler
 from .ledger import Ledger, LedgerError
 from .study import LedgerSource, StudyDone, prepare_resume, trainer_lock
 from .channel import open_consumer, parse_url
+from .launch import ProcessLauncher, check_ring_free, cpu_share, study_channel, token_env
 from .shm_channel import clean_stale
 from .simulate import run_simulations
 from .trainer import train
@@ -88,6 +89,8 @@ def run_study(cfg, on_progress=None, resume: bool = False, stop_event=None) -> d
     if resume and not (out / "ledger.jsonl").exists():
         raise LedgerError(f"nothing to resume in {out} (no ledger.jsonl): run without --resume",
                           str(out / "ledger.jsonl"))
+    cfg.channel.url = study_channel(cfg)  # a ring per user: shm://NAME-USER (launch.py)
+    check_ring_free(cfg.channel.url)
     with trainer_lock(out):
         return _run_locked(cfg, out, t0, on_progress, resume, stop_event)
 
@@ -97,7 +100,7 @@ def _run_locked(cfg, out: Path, t0: float, on_progress, resume: bool, stop_event
     u = parse_url(url)
     if u.scheme == "shm":
         clean_stale(u.name)
-    consumer = open_consumer(url, capacity=cfg.channel.ring_mb << 20)
+    consumer = open_consumer(url, capacity=cfg.channel.ring_mb << 20, study_dir=str(out))
     try:
         if not resume:
             new_study(cfg, out)
@@ -114,7 +117,9 @@ def _run_locked(cfg, out: Path, t0: float, on_progress, resume: bool, stop_event
             sim_box["result"] = run_simulations(
                 None, cfg.solver, url, cfg.simulate.concurrency, cfg.channel.connect_timeout,
                 stop_event=stop, send_stream_end=False,
-                simulation_timeout=cfg.simulate.simulation_timeout, source=source)
+                simulation_timeout=cfg.simulate.simulation_timeout, source=source,
+                threads=cpu_share(cfg.simulate.concurrency, getattr(cfg.train, "threads", None)),
+                launcher=ProcessLauncher(cfg.simulate.ntasks), env_extra=token_env(url, out))
         except KeyboardInterrupt:
             pass
         except BaseException as e:
@@ -128,6 +133,9 @@ def _run_locked(cfg, out: Path, t0: float, on_progress, resume: bool, stop_event
         try:
             summary = train(cfg, consumer=consumer, on_progress=on_progress, stop_event=stop,
                             resume=resume, finished=finished)
+            stopped = Ledger(out).end(f"the trainer finished at batch {summary.get('batches')}")
+            if stopped:  # e.g. train.max_batches: nothing more is started or restarted
+                log.info("the trainer finished; simulations %s stopped", stopped)
         except KeyboardInterrupt:
             if "error" in sim_box:  # the scheduler stopped the run: report why
                 raise sim_box["error"] from None

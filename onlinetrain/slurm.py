@@ -6,7 +6,7 @@
     parse_squeue("12|12|RUNNING|None|ot-x\\n")  # [Job(id='12', state='RUNNING', ...)]
 
 The processes that use these (submit, the in-allocation driver, status, cancel) are in
-onlinetrain/slurm_run.py; the study's records in onlinetrain/slurm_records.py.
+onlinetrain/slurm_run.py and onlinetrain/slurm_launch.py; the study's records in its ledger.
 """
 from __future__ import annotations
 
@@ -158,10 +158,18 @@ def job_outcome(state: str) -> str:
 
 # ---- argv and scripts ------------------------------------------------------------------------
 def srun_argv(command: list[str], name: str, het_group: int | None = None, ntasks: int = 1,
-              extra: list[str] = ()) -> list[str]:
-    """One job step running `command`: exclusive CPUs, a name squeue shows, in a het group."""
-    argv = ["srun", f"--ntasks={ntasks}", "--nodes=1", "--exact", f"--job-name={name}",
+              extra: list[str] = (), nodes: int = 1, cpus_per_task: int | None = None,
+              gpus: int = 0) -> list[str]:
+    """One job step running `command`: exclusive CPUs, a name squeue shows, in a het group;
+    `ntasks` > 1 runs it as an MPI program (--mpi=pmi2)."""
+    argv = ["srun", f"--ntasks={ntasks}", f"--nodes={nodes}", "--exact", f"--job-name={name}",
             "--kill-on-bad-exit=1"]
+    if cpus_per_task:
+        argv.append(f"--cpus-per-task={cpus_per_task}")
+    if gpus:
+        argv.append(f"--gpus={gpus}")
+    if ntasks > 1:
+        argv.append("--mpi=pmi2")
     if het_group is not None:
         argv.append(f"--het-group={het_group}")
     return argv + list(extra) + ["--"] + list(command)
@@ -170,8 +178,8 @@ def srun_argv(command: list[str], name: str, het_group: int | None = None, ntask
 def sim_sbatch_argv(script: str, name: str, log: str, args: list[str],
                     command: list[str]) -> list[str]:
     """Submit one simulation as its own job (semiglobal mode); `script` execs its arguments."""
-    return ["sbatch", "--parsable", f"--job-name={name}", f"--output={log}", "--ntasks=1",
-            *args, script, *command]
+    return ["sbatch", "--parsable", f"--job-name={name}", f"--output={log}", *args, script,
+            *command]
 
 
 def _sbatch_lines(args: list[str]) -> list[str]:
@@ -189,9 +197,13 @@ def driver_script(cfg, study_dir: str, python: str, pythonpath: str) -> str:
             f"# Resubmit by hand with: sbatch {shlex.quote(str(Path(d) / DRIVER_SCRIPT))}",
             f"#SBATCH --job-name=ot-{cfg.output.name}",
             f"#SBATCH --output={d}/logs/driver-%j.out",
-            "#SBATCH --ntasks=1", *_sbatch_lines(s.trainer_args)]
+            "#SBATCH --ntasks=1", f"#SBATCH --cpus-per-task={s.cpus}",
+            *([f"#SBATCH --gpus={s.gpus}"] if s.gpus else []), *_sbatch_lines(s.trainer_args)]
     if s.mode == "global":
-        head += ["#SBATCH hetjob", f"#SBATCH --ntasks={s.job_limit}",
+        ntasks = s.job_limit * cfg.simulate.ntasks
+        head += ["#SBATCH hetjob", f"#SBATCH --ntasks={ntasks}",
+                 f"#SBATCH --cpus-per-task={s.cpus_per_task}",
+                 *([f"#SBATCH --nodes={s.job_limit * s.nodes}"] if s.nodes > 1 else []),
                  *_sbatch_lines(s.simulation_args)]
     body = ["", "set -e", f"export PYTHONPATH={shlex.quote(pythonpath)}${{PYTHONPATH:+:$PYTHONPATH}}",
             f"exec {shlex.quote(python)} -m onlinetrain slurm drive {shlex.quote(d)}"]

@@ -4,19 +4,22 @@ the user's own salloc / sbatch) and runs the trainer and the simulations, restar
     python -m onlinetrain slurm drive STUDY_DIR      # what the sbatch script executes
 
 - the trainer is one job step (`srun --het-group=0 ... ot train --config STUDY_DIR/study.toml`);
-- global mode: each simulation is a job step in het group 1 (`srun --het-group=1 --exact`);
-  semiglobal mode: each simulation is its own job (`sbatch`), polled with squeue;
-- at most slurm.job_limit simulations run at once; one that fails (non-zero exit, killed, cancelled,
-  node failure, timeout) is started again up to slurm.max_restarts times, then given up: the trainer
-  gets a SIM_FAILED frame so it never waits for it, and the record keeps the reason;
-- when every simulation is done or given up, the trainer gets STREAM_END, finishes and writes its
-  checkpoint; the driver writes result.json and exits with the trainer's status;
+- the simulations run through the one engine (simulate.run_simulations) with a Slurm launcher
+  (onlinetrain/slurm_launch.py): global mode, each is a job step in het group 1 (`srun
+  --het-group=1 --exact`); semiglobal mode, each is its own job (`sbatch`), polled with squeue;
+- the study state is the ledger (STUDY_DIR/ledger.jsonl, as for `ot run`): at most slurm.job_limit
+  simulations run at once; one that fails (non-zero exit, killed, cancelled, node failure,
+  timeout, silent for simulate.simulation_timeout) is started again up to slurm.max_restarts
+  times, then given up: the trainer gets a SIM_FAILED frame so it never waits for it;
+- when every simulation is done or given up, the trainer ends (the ledger says so), writes its
+  checkpoint; the driver writes result.json and exits with the trainer's status. Once the trainer
+  has finished, nothing is started or restarted: the rest is recorded `stopped`;
 - a trainer step that fails is started again (up to slurm.max_restarts) with `--resume` when the
   study dir holds a good checkpoint: only the simulations that checkpoint has not fully received
   run again (train.checkpoint_every sets how much is lost); without one, all of them do.
 
-The channel is cfg.channel_url (default shm://<output.name>): shm works when the trainer and the
-simulations share a node; set channel.url = "tcp://HOST:PORT" for a multi-node cluster.
+The channel is cfg.channel_url (`ot slurm submit` names the ring per user and job, see
+launch.study_channel); set channel.url = "tcp://HOST:PORT" for a multi-node cluster.
 """
 from __future__ import annotations
 
@@ -27,7 +30,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections import deque
 from pathlib import Path
 
 import numpy as np
@@ -36,125 +38,24 @@ from . import checkpoint
 from . import config as C
 from . import frame as fr
 from . import slurm as S
-from .channel import open_producer, parse_url
+from .channel import parse_url
+from .launch import (attach_trainer, consumer_gone, log_tail, study_channel, thread_env,
+                     token_env)
+from .ledger import Ledger, worker_id
 from .procs import describe_exit, spawn, terminate
-from .shm_channel import ChannelNotFound, ConsumerGone, clean_stale
-from .simulate import build_argv, child_env
-from .slurm_records import StudyRecord
+from .shm_channel import ConsumerGone, clean_stale
+from .simulate import run_simulations
+from .slurm_launch import SbatchLauncher, SrunLauncher
+from .study import LedgerSource, prepare_resume
 
 log = logging.getLogger(__name__)
-
-
-def _tail(path: Path, n: int = 200) -> str:
-    try:
-        lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
-    except FileNotFoundError:
-        return ""
-    own = [ln for ln in lines if not ln.startswith(("srun:", "slurmstepd:"))]  # the program's words
-    return (own or lines)[-1][-n:] if lines else ""
-
-
-def _run(argv: list[str], **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(argv, capture_output=True, text=True, timeout=60, **kw)
-
-
-class StepLauncher:
-    """global mode (and inside any allocation): every simulation is a job step."""
-
-    def __init__(self, d: Path, het_group: int | None):
-        self.d, self.het_group, self.procs = d, het_group, {}
-
-    def start(self, sid: int, attempt: int, command: list[str], env: dict) -> str:
-        logf = self.d / "logs" / f"sim-{sid}-a{attempt}.log"
-        with open(logf, "wb") as fh:
-            p = spawn(S.srun_argv(command, f"sim{sid}", self.het_group), env=env, stdout=fh,
-                      stderr=subprocess.STDOUT)
-        self.procs[sid] = (p, logf)
-        return f"srun pid {p.pid}"
-
-    def finished(self) -> list[tuple[int, bool, str]]:
-        out = []
-        for sid, (p, logf) in list(self.procs.items()):
-            code = p.poll()
-            if code is None:
-                continue
-            del self.procs[sid]
-            why = describe_exit(code)
-            tail = _tail(logf)
-            out.append((sid, code == 0, f"{why}: {tail}" if tail else why))
-        return out
-
-    def __len__(self):
-        return len(self.procs)
-
-    def sids(self):
-        return self.procs.keys()
-
-    def stop_all(self):
-        for p, _ in self.procs.values():
-            terminate(p)
-        self.procs.clear()
-
-
-class JobLauncher:
-    """semiglobal mode: every simulation is its own job, so it runs wherever CPUs free up."""
-
-    def __init__(self, d: Path, cfg, rec: StudyRecord):
-        self.d, self.cfg, self.rec, self.jobs, self.attempts = d, cfg, rec, {}, {}
-
-    def start(self, sid: int, attempt: int, command: list[str], env: dict) -> str:
-        argv = S.sim_sbatch_argv(str(self.d / S.SIM_SCRIPT), f"ot-{self.cfg.output.name}-sim{sid}",
-                                 str(self.d / "logs" / f"sim-{sid}-a{attempt}-%j.log"),
-                                 self.cfg.slurm.simulation_args, command)
-        r = _run(argv, env=env)
-        if r.returncode != 0:
-            raise S.SlurmError(f"sbatch of simulation {sid} failed: {r.stderr.strip()}", argv)
-        jid = S.parse_sbatch_id(r.stdout)
-        self.rec.job(jid, "simulation", sid, attempt)
-        self.jobs[sid], self.attempts[sid] = jid, attempt
-        return f"job {jid}"
-
-    def finished(self) -> list[tuple[int, bool, str]]:
-        if not self.jobs:
-            return []
-        r = _run(["squeue", "--noheader", "--states=all", f"--jobs={','.join(self.jobs.values())}",
-                  f"--format={S.SQUEUE_FORMAT}"])
-        if r.returncode != 0:
-            log.warning("squeue failed (%s); will retry", r.stderr.strip())
-            return []
-        states = {j.id: j for j in S.parse_squeue(r.stdout)}
-        out = []
-        for sid, jid in list(self.jobs.items()):
-            j = states.get(jid)
-            outcome = S.job_outcome(j.state) if j else "failed"
-            if outcome == "active":
-                continue
-            del self.jobs[sid]
-            why = f"job {jid} {j.state} ({j.reason})" if j else f"job {jid} record gone"
-            tail = _tail(self.d / "logs" / f"sim-{sid}-a{self.attempts[sid]}-{jid}.log")
-            why = f"{why}: {tail}" if tail and outcome != "done" else why
-            out.append((sid, outcome == "done", why))
-        return out
-
-    def __len__(self):
-        return len(self.jobs)
-
-    def sids(self):
-        return self.jobs.keys()
-
-    def stop_all(self):
-        if self.jobs:
-            _run(["scancel", *self.jobs.values()])
-        self.jobs.clear()
 
 
 class Driver:
     def __init__(self, study_dir):
         self.d = Path(study_dir).resolve()
         self.cfg = C.load(self.d / "study.toml")
-        self.sets = [json.loads(ln) for ln in (self.d / "params.jsonl").read_text().splitlines()
-                     if ln.strip()]
-        self.rec = StudyRecord(self.d)
+        self.ledger = Ledger(self.d)
         self.python = self.cfg.slurm.python or sys.executable
         alloc = S.Allocation.from_env(os.environ)
         if alloc is None:
@@ -162,44 +63,41 @@ class Driver:
                                "not set): use `ot slurm submit`", "SLURM_JOB_ID")
         het = alloc.het_size >= 2
         self.trainer_group = 0 if het else None
-        self.launcher = (JobLauncher(self.d, self.cfg, self.rec) if self.cfg.slurm.mode ==
-                         "semiglobal" else StepLauncher(self.d, 1 if het else None))
-        self.done: list[int] = []
-        self.failed: dict[int, str] = {}
+        s, ntasks = self.cfg.slurm, self.cfg.simulate.ntasks
+        self.launcher = (SbatchLauncher(self.d, self.cfg, self.ledger, ntasks)
+                         if s.mode == "semiglobal" else
+                         SrunLauncher(self.d / "logs", 1 if het else None, ntasks, s.nodes,
+                                      s.cpus_per_task))
         self.trainer = self.producer = None
+        self.worker = worker_id()
+        self.url = study_channel(self.cfg)  # shm://NAME-USER-jJOB unless channel.url is set
 
     def _trainer_log(self, attempt: int) -> Path:
         return self.d / "logs" / f"trainer-a{attempt}.log"
 
     def _start_trainer(self, attempt: int, ck: dict | None = None):
-        url = self.cfg.channel_url
+        url, s = self.url, self.cfg.slurm
         if parse_url(url).scheme == "shm":
             clean_stale(parse_url(url).name)
         if ck is None:
-            self.rec.trainer_attempt(attempt, "started")
+            self.ledger.record("trainer", attempt=attempt, outcome="started")
         else:
             fully = sorted(checkpoint.fully_received(ck))
-            self.rec.trainer_attempt(
-                attempt, "started", f"--resume from {Path(ck['path']).name} at batch "
-                f"{ck['batches']}; {len(fully)} simulations fully received",
+            self.ledger.record(
+                "trainer", attempt=attempt, outcome="started",
+                reason=f"--resume from {Path(ck['path']).name} at batch {ck['batches']}; "
+                f"{len(fully)} simulations fully received",
                 resume_batch=int(ck["batches"]), resume_checkpoint=ck["path"], fully_received=fully)
         logf = open(self._trainer_log(attempt), "wb")
         argv = S.trainer_command(self.python, str(self.d), url, resume=ck is not None)
-        self.trainer = spawn(S.srun_argv(argv, "trainer", self.trainer_group), stdout=logf,
-                             stderr=subprocess.STDOUT)
+        env = thread_env(dict(os.environ), s.cpus)
+        self.trainer = spawn(S.srun_argv(argv, "trainer", self.trainer_group,
+                                         cpus_per_task=s.cpus, gpus=s.gpus),
+                             env=env, stdout=logf, stderr=subprocess.STDOUT)
         logf.close()
-        deadline = time.monotonic() + self.cfg.channel.connect_timeout + 120  # + torch import
-        while True:
-            try:
-                self.producer = open_producer(url, timeout=1.0)
-                return
-            except ChannelNotFound:
-                if self.trainer.poll() == 0:  # resumed with nothing left to do: it finished
-                    return
-                if self.trainer.poll() is not None or time.monotonic() > deadline:
-                    raise S.SlurmError(f"the trainer never opened {url} ("
-                                       f"{describe_exit(self.trainer.poll())}; see "
-                                       f"{self._trainer_log(attempt)})", url) from None
+        # + torch import; a big ring on a loaded node takes a while to create
+        self.producer = attach_trainer(url, self.trainer, self.cfg.channel.connect_timeout + 120,
+                                       self._trainer_log(attempt), study_dir=str(self.d))
 
     def _notify(self, kind: int, sid: int, reason: str):
         if self.producer is None:  # the trainer finished before we connected
@@ -210,53 +108,69 @@ class Driver:
         except ConsumerGone:  # the trainer finished (max_batches) or died: run() sees its exit
             log.info("trainer gone; not telling it about simulation %d", sid)
 
-    def _start_sim(self, sid: int, params, attempt: int):
-        solver, url = self.cfg.solver, self.cfg.channel_url
-        command = build_argv(solver, sid, params, url)
-        if solver.kind != "program":
-            command = [self.python] + command[1:]
-        env = child_env(solver, sid, params, url, self.cfg.channel.connect_timeout)
-        env["OT_ATTEMPT"] = str(attempt)
-        where = self.launcher.start(sid, attempt, command, env)
-        self.rec.attempt(sid, attempt, "started", where=where)
+    def _trainer_gone(self):
+        code = self.trainer.poll()
+        if code is not None:
+            return f"the trainer exited ({describe_exit(code)})"
+        if self.producer is not None and consumer_gone(self.producer):
+            return "the trainer closed its channel"
+        return None
+
+    def _simulate(self) -> int:
+        """Run simulations through the engine until the study is over or the trainer exits;
+        returns the trainer's exit code."""
+        s, cfg = self.cfg.slurm, self.cfg
+        if self.producer is not None:
+            from .runner import redraw_for  # noqa: PLC0415
+            source = LedgerSource(self.ledger, cfg.simulate, redraw=redraw_for(cfg),
+                                  worker=self.worker, max_restarts=s.max_restarts,
+                                  poll=min(1.0, s.poll))
+            extra = token_env(self.url, self.d)
+            run_simulations(None, cfg.solver, self.url, s.job_limit,
+                            cfg.channel.connect_timeout, send_stream_end=True,
+                            simulation_timeout=cfg.simulate.simulation_timeout, source=source,
+                            threads=s.cpus_per_task, launcher=self.launcher,
+                            producer=self.producer, until=self._trainer_gone,
+                            progress_dir=self.d / "progress", env_extra=extra,
+                            python=self.python)
+        return self.trainer.wait()
 
     def run(self) -> dict:
         s = self.cfg.slurm
-        params = {x["id"]: x["params"] for x in self.sets}
-        pending = deque(x["id"] for x in self.sets)
-        self.tries: dict[int, int] = {}  # sim id -> index of its latest attempt
-        self.fails: dict[int, int] = {}  # sim id -> failed attempts
         trainer_attempt, ck = 0, None
         if checkpoint.list_checkpoints(self.d):  # `submit` clears them: the driver was resubmitted
             ck = self._resume_point("driver started again on a study with checkpoints")
-            pending = self._requeue(ck)
+            prepare_resume(self.ledger, checkpoint.fully_received(ck), self.cfg.simulate.worker_timeout)
         while True:
             self._start_trainer(trainer_attempt, ck)
             if ck is not None:  # given up after the checkpoint: tell the new trainer again
                 known = {int(k) for k in ck["sections"]["receiver"]["sims_failed"]}
-                for sid in sorted(set(self.failed) - known):
-                    self._notify(fr.SIM_FAILED, sid, self.failed[sid])
-            code = self._run_sims(pending, params)
+                for sid, st in sorted(self.ledger.snapshot().items()):
+                    if st["state"] == "failed" and sid not in known:
+                        self._notify(fr.SIM_FAILED, sid, st["reason"])
+            code = self._simulate()
             if code == 0 or trainer_attempt >= s.max_restarts:
                 break
-            why = f"{describe_exit(code)}: {_tail(self._trainer_log(trainer_attempt))}"
-            self.rec.trainer_attempt(trainer_attempt, "failed", why)
-            for sid in list(self.launcher.sids()):  # their data went to the dead trainer
-                self.rec.attempt(sid, self.tries[sid], "interrupted", "trainer restarted")
-            self.launcher.stop_all()
+            why = f"{describe_exit(code)}: {log_tail(self._trainer_log(trainer_attempt))}"
+            self.ledger.record("trainer", attempt=trainer_attempt, outcome="failed", reason=why)
             if self.producer is not None:
                 self.producer.close()
             self.producer = None
             ck = self._resume_point(f"trainer failed ({why})")
-            pending = self._requeue(ck)
+            prepare_resume(self.ledger, checkpoint.fully_received(ck), self.cfg.simulate.worker_timeout)
             trainer_attempt += 1
-        self.rec.trainer_attempt(trainer_attempt, "done" if code == 0 else "gave_up",
-                                 describe_exit(code))
+        if code == 0:  # whatever has not ended by now is stopped, never restarted
+            self.ledger.end(f"the trainer finished ({describe_exit(code)})")
+        self.ledger.record("trainer", attempt=trainer_attempt,
+                           outcome="done" if code == 0 else "gave_up", reason=describe_exit(code))
+        snap = self.ledger.snapshot()
         result = {"status": "completed" if code == 0 else "failed", "mode": s.mode,
-                  "done": sorted(self.done), "failed": {str(k): v for k, v in self.failed.items()},
+                  "done": sorted(i for i, x in snap.items() if x["state"] == "done"),
+                  "failed": failed_reasons(snap),
+                  "stopped": sorted(i for i, x in snap.items() if x["state"] == "stopped"),
                   "trainer": describe_exit(code), "trainer_restarts": trainer_attempt}
         if code != 0:
-            result["trainer_log"] = _tail(self._trainer_log(trainer_attempt), 400)
+            result["trainer_log"] = log_tail(self._trainer_log(trainer_attempt), 400)
         return result
 
     def _resume_point(self, what: str) -> dict | None:
@@ -279,62 +193,16 @@ class Driver:
                     ck["path"], ck["batches"])
         return ck
 
-    def _requeue(self, ck: dict | None) -> deque:
-        """The simulations a restarted trainer still needs: all but those given up and those its
-        checkpoint holds fully (those stay done and are not run again)."""
-        fully = checkpoint.fully_received(ck)
-        for sid in self.done:
-            if sid not in fully:
-                self.rec.attempt(sid, self.tries[sid], "requeued", "its data is not in the "
-                                 "checkpoint the trainer resumes from" if ck else "trainer restarted"
-                                 " from scratch")
-        ids = [x["id"] for x in self.sets]
-        self.done = [i for i in ids if i in fully and i not in self.failed]
-        return deque(i for i in ids if i not in fully and i not in self.failed)
-
-    def _run_sims(self, pending: deque, params: dict) -> int:
-        """Keep job_limit simulations running until all are done or given up, or the trainer
-        exits; then STREAM_END. Returns the trainer's exit code."""
-        s = self.cfg.slurm
-        while (pending or self.running()) and self.trainer.poll() is None:
-            while pending and self.running() < s.job_limit:
-                sid = pending.popleft()
-                self.tries[sid] = self.tries.get(sid, -1) + 1
-                self._start_sim(sid, params[sid], self.tries[sid])
-            for sid, ok, why in self.launcher.finished():
-                attempt = self.tries[sid]
-                if ok:
-                    self.done.append(sid)
-                    self.rec.attempt(sid, attempt, "done")  # its own SIM_END carries the counts
-                    continue
-                self.fails[sid] = self.fails.get(sid, 0) + 1
-                if self.fails[sid] <= s.max_restarts:
-                    log.warning("simulation %d attempt %d failed (%s); restarting", sid, attempt, why)
-                    self.rec.attempt(sid, attempt, "failed", why)
-                    pending.appendleft(sid)
-                else:
-                    reason = f"gave up after {self.fails[sid]} attempts; last: {why}"
-                    log.warning("simulation %d: %s", sid, reason)
-                    self.failed[sid] = reason
-                    self.rec.attempt(sid, attempt, "gave_up", reason)
-                    self._notify(fr.SIM_FAILED, sid, reason)
-            time.sleep(0.2 if s.mode == "global" else s.poll)
-        if self.trainer.poll() is None:
-            self._notify(fr.STREAM_END, -1, "stream end")
-        code = self.trainer.wait()
-        if code == 0:
-            self.launcher.stop_all()  # the trainer stopped first (max_batches): the rest is moot
-        return code
-
-    def running(self) -> int:
-        return len(self.launcher)
-
     def close(self):
-        self.launcher.stop_all()
         if self.trainer is not None:
             terminate(self.trainer, grace=10)
         if self.producer is not None:
             self.producer.close()
+
+
+def failed_reasons(snap: dict) -> dict:
+    return {str(i): f"gave up after {x['attempts']} attempts; last: {x['reason']}"
+            for i, x in sorted(snap.items()) if x["state"] == "failed"}
 
 
 def drive(study_dir) -> dict:
@@ -357,8 +225,9 @@ def drive(study_dir) -> dict:
     finally:
         if drv is not None:
             drv.close()
-            result.setdefault("done", sorted(drv.done))
-            result.setdefault("failed", {str(k): v for k, v in drv.failed.items()})
+            snap = drv.ledger.snapshot()
+            result.setdefault("done", sorted(i for i, x in snap.items() if x["state"] == "done"))
+            result.setdefault("failed", failed_reasons(snap))
         (d / "result.json").write_text(json.dumps(result, indent=2) + "\n")
         signal.signal(signal.SIGTERM, old)
     return result

@@ -25,7 +25,7 @@ from .channel import parse_url
 from .runner import study_sets
 from .sampler import to_jsonl
 from .shm_channel import clean_stale
-from .slurm_records import StudyRecord
+from .ledger import Ledger, LedgerError
 
 log = logging.getLogger(__name__)
 
@@ -70,12 +70,13 @@ def prepare(cfg) -> Path:
     shutil.rmtree(d / checkpoint.DIRNAME, ignore_errors=True)  # never resume an older submission
     python = cfg.slurm.python or sys.executable
     (d / "study.toml").write_text(S.to_toml(cfg.to_dict()))
-    (d / "params.jsonl").write_text(to_jsonl(study_sets(cfg)))
+    (d / "params.jsonl").write_text(to_jsonl(study_sets(cfg)))  # for people: the ledger has them
     (d / S.DRIVER_SCRIPT).write_text(S.driver_script(cfg, str(d), python, _project_root()))
     (d / S.SIM_SCRIPT).write_text(S.sim_script())
     for f in ("result.json", "summary.json", "checkpoint.pt", "metrics.jsonl"):
         (d / f).unlink(missing_ok=True)
-    StudyRecord(d).reset()
+    shutil.rmtree(d / "progress", ignore_errors=True)
+    Ledger.create(d, study_sets(cfg))  # the study state: a fresh ledger
     return d
 
 
@@ -90,12 +91,22 @@ def submit(cfg, dry_run: bool = False) -> dict:
         log.info("inside allocation %s: running the study here", os.environ["SLURM_JOB_ID"])
         return {"dir": str(d), "job": os.environ["SLURM_JOB_ID"], "result": drive(d)}
     jid = S.parse_sbatch_id(_run(["sbatch", "--parsable", str(d / S.DRIVER_SCRIPT)]).stdout)
-    StudyRecord(d).job(jid, "driver")
+    Ledger(d).record("job", job=jid, role="driver")
     return {"dir": str(d), "job": jid}
 
 
+def job_ids(d: Path) -> list[str]:
+    """Every Slurm job of the study (driver, simulation jobs), from its ledger."""
+    try:
+        led = Ledger(d)
+    except LedgerError:
+        return []
+    led.snapshot()
+    return sorted({str(j["job"]) for j in led.jobs}, key=int)
+
+
 def _jobs(d: Path) -> list[S.Job]:
-    ids = sorted({j["job"] for j in StudyRecord(d).jobs()}, key=int)
+    ids = job_ids(d)
     if not ids:
         return []
     r = _run(["squeue", "--noheader", "--states=all", f"--jobs={','.join(ids)}",
@@ -115,7 +126,7 @@ def wait(study_dir, timeout: float = 3600, poll: float = 1.0) -> dict:
         res = d / "result.json"
         if res.exists() and not active_jobs(d):
             return json.loads(res.read_text())
-        if not res.exists() and StudyRecord(d).jobs() and not active_jobs(d):
+        if not res.exists() and job_ids(d) and not active_jobs(d):
             time.sleep(poll)  # the job may be gone a moment before the file is visible
             if not (d / "result.json").exists():
                 return {"status": "failed", "error": "the driver job ended without result.json; "
@@ -129,7 +140,6 @@ def status(study_dir) -> dict:
     if not (d / "study.toml").exists():
         raise S.SlurmError(f"{d} is not a Slurm study directory (no study.toml): give the "
                            f"output.dir of a submitted study", str(d))
-    rec = StudyRecord(d)
     jobs = _jobs(d)
     steps: list[S.Step] = []
     active = {j.job_id for j in jobs if S.job_outcome(j.state) == "active"}
@@ -143,14 +153,30 @@ def status(study_dir) -> dict:
         progress = json.loads(lines[-1]) if lines else None
     result = d / "result.json"
     return {"dir": str(d), "jobs": [j.__dict__ for j in jobs], "steps": [s.__dict__ for s in steps],
-            "simulations": rec.summary(), "training": progress,
+            "simulations": simulations(d), "training": progress,
             "result": json.loads(result.read_text()) if result.exists() else None}
+
+
+def simulations(d: Path) -> dict:
+    """Per state, the simulation ids of the study's ledger; attempts started per simulation; the
+    trainer's attempts."""
+    led = Ledger(d)
+    snap = led.snapshot()
+    out = {k: sorted(i for i, x in snap.items() if x["state"] == k)
+           for k in ("pending", "running", "done", "stopped")}
+    out["failed"] = {str(i): x["reason"] for i, x in sorted(snap.items()) if x["state"] == "failed"}
+    out["attempts"] = {str(i): x["starts"] for i, x in sorted(snap.items()) if x["starts"]}
+    out["restarts"] = sum(max(0, x["starts"] - 1) for x in snap.values())
+    out["trainer"] = [{k: t[k] for k in ("attempt", "outcome", "reason", "resume_batch") if k in t}
+                      for t in led.trainer]
+    out["ended"] = led.ended
+    return out
 
 
 def cancel(study_dir, timeout: float = 60) -> dict:
     """scancel every job of the study, wait until none is active, remove its shm segments."""
     d = Path(study_dir)
-    ids = sorted({j["job"] for j in StudyRecord(d).jobs()}, key=int)
+    ids = job_ids(d)
     if ids:
         _run(["scancel", *ids], check=False)
     deadline = time.monotonic() + timeout

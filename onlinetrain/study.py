@@ -13,7 +13,7 @@ import os
 import threading
 import time
 
-from .ledger import DONE, FAILED, HOST, Ledger, heartbeat_path, worker_id
+from .ledger import DONE, ENDED, HOST, Ledger, heartbeat_path, worker_id
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,8 @@ class Heartbeat(threading.Thread):
 
 
 class StudyDone:
-    """Trainer end condition: every set is done or failed and every done set's SIM_END arrived.
+    """Trainer end condition: every set is done, failed or stopped and every done set's SIM_END
+    arrived (or the study was ended).
     Called with the Receiver; looks at the ledger at most once a second."""
 
     def __init__(self, ledger: Ledger, every: float = 1.0):
@@ -64,14 +65,17 @@ class StudyDone:
             return self._last
         self._t = now
         snap = self.ledger.snapshot()
-        self._last = bool(snap) and all(s["state"] in (DONE, FAILED) for s in snap.values()) and \
-            all(i in rx.sims_done for i, s in snap.items() if s["state"] == DONE)
+        self._last = bool(snap) and all(s["state"] in ENDED for s in snap.values()) and \
+            (self.ledger.ended is not None or
+             all(i in rx.sims_done for i, s in snap.items() if s["state"] == DONE))
         return self._last
 
 
 def prepare_resume(ledger: Ledger, fully_received: set[int], worker_timeout: float) -> list[int]:
     """Before a resumed trainer starts: release sets of dead workers, and put back to pending
-    the done sets whose data the trainer lost (not fully received in its checkpoint)."""
+    the done sets whose data the trainer lost (not fully received in its checkpoint), and the
+    sets stopped when the study ended (a resumed trainer may want more)."""
+    ledger.reopen("the trainer resumes")
     ledger.reclaim(worker_timeout)
     snap = ledger.snapshot()
     lost = sorted(i for i, s in snap.items() if s["state"] == DONE and i not in fully_received)
@@ -83,17 +87,19 @@ def prepare_resume(ledger: Ledger, fully_received: set[int], worker_timeout: flo
 
 class LedgerSource:
     """simulate.run_simulations' supplier of work in a study: claims from the ledger, records
-    done / crashed, heartbeats, and releases what it still runs when stopped.
+    starts, done and crashes, heartbeats, and releases what it still runs when it stops.
 
         run_simulations(None, cfg.solver, url, k, source=LedgerSource(Ledger(d), cfg.simulate))
     """
 
     def __init__(self, ledger: Ledger, sim_cfg, redraw=None, worker: str | None = None,
-                 poll: float = 1.0):
+                 poll: float = 1.0, max_restarts: int | None = None):
         self.ledger, self.cfg, self.redraw = ledger, sim_cfg, redraw
+        self.max_restarts = sim_cfg.max_restarts if max_restarts is None else max_restarts
         self.worker = worker or worker_id()
-        self.poll, self._next = poll, 0.0
+        self.poll, self._next, self._next_end = poll, 0.0, 0.0
         self.mine: set[int] = set()
+        self.stop_reason = f"worker {self.worker} stopped"
         self.hb = Heartbeat(ledger.dir, self.worker, max(0.2, sim_cfg.worker_timeout / 5),
                             lambda: sorted(self.mine))
         self.hb.start()
@@ -109,24 +115,36 @@ class LedgerSource:
         self.mine.add(got[0]["id"])
         return got[0]
 
+    def started(self, sid: int, attempt: int, where: str):
+        self.ledger.started(sid, self.worker, attempt, where)
+
     def done(self, sid: int):
         self.ledger.done(sid, self.worker)
         self.mine.discard(sid)
 
     def crashed(self, sid: int, reason: str) -> str:
-        v = self.ledger.crashed(sid, self.worker, reason, self.cfg.max_restarts,
+        v = self.ledger.crashed(sid, self.worker, reason, self.max_restarts,
                                 self.cfg.crashes_before_redraw, self.redraw)
         if v != "restart":
             self.mine.discard(sid)
         return v
 
+    def ended(self) -> str | None:
+        """Why the study ended (its trainer finished), or None; looks at most once a second."""
+        now = time.monotonic()
+        if now >= self._next_end:
+            self._next_end = now + self.poll
+            self.ledger.is_ended()
+        return self.ledger.ended
+
     def finished(self) -> bool:
         """Nothing pending and nothing running anywhere (a running set may still come back)."""
         return self.ledger.finished()
 
-    def close(self):
+    def close(self, reason: str | None = None):
         if self.mine:
-            self.ledger.release(sorted(self.mine), f"worker {self.worker} stopped", self.worker)
+            self.ledger.release(sorted(self.mine), reason or self.stop_reason, self.worker)
+            self.mine.clear()
         self.hb.stop()
 
 

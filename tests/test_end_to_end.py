@@ -1,6 +1,7 @@
 """Whole studies with real processes and real shared memory: ot run, the pipe, cleanup, bad input."""
 import json
 import os
+import pwd
 import signal
 import subprocess
 import sys
@@ -41,7 +42,8 @@ def test_tiny_ot_run_trains_and_cleans_up(tiny_config, ring_name):
     claims = [json.loads(x)["id"] for x in open(os.path.join(out, "ledger.jsonl"))
               if json.loads(x)["ev"] == "claim"]
     assert sorted(claims[:3]) == [12, 13, 14]  # the validation sets are run first
-    assert not os.path.exists(segment_path(ring_name))
+    assert tiny_config.channel.url == f"shm://{ring_name}-{pwd.getpwuid(os.getuid()).pw_name}"
+    assert not os.path.exists(segment_path(tiny_config.channel.url[len("shm://"):]))
 
 
 @pytest.mark.timeout(120)
@@ -136,6 +138,7 @@ def test_ot_run_interrupted_leaves_nothing(tmp_path, ring_name, sig):
                          stderr=subprocess.PIPE, text=True)
     proc = psutil.Process(p.pid)
     assert wait_until(lambda: len(proc.children()) >= 2, 60), "no simulation started"
+    ring_name = f"{ring_name}-{pwd.getpwuid(os.getuid()).pw_name}"  # a ring per user
     assert os.path.exists(segment_path(ring_name))
     kids = proc.children(recursive=True)
     p.send_signal(sig)

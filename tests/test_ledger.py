@@ -31,7 +31,7 @@ def test_claim_done_crash_restart_fail_redraw(tmp_path):
     w = worker_id()
     got = led.claim(w, 2)
     assert [s["id"] for s in got] == [0, 1]
-    assert led.counts() == {"pending": 1, "running": 2, "done": 0, "failed": 0}
+    assert led.counts() == {"pending": 1, "running": 2, "done": 0, "failed": 0, "stopped": 0}
     led.done(0, w)
     # max_restarts=1: first crash restarts, second fails; crashes_before_redraw draws id 3
     assert led.crashed(1, w, "exit code 1", max_restarts=1) == "restart"
@@ -64,7 +64,7 @@ def test_resume_requeues_only_sets_the_trainer_lost(tmp_path):
     for i in range(3):
         led.done(i, w)
     assert prepare_resume(led, {0, 2}, 30.0) == [1]
-    assert led.counts() == {"pending": 1, "running": 0, "done": 2, "failed": 0}
+    assert led.counts() == {"pending": 1, "running": 0, "done": 2, "failed": 0, "stopped": 0}
 
     class Rx:
         sims_done = {0, 2}
@@ -173,7 +173,7 @@ def test_two_worker_processes_never_run_a_set_twice(tmp_path, ring_name):
     claims = _claims(study)
     assert sorted(c["id"] for c in claims) == list(range(8))  # each set claimed exactly once
     assert len({c["worker"] for c in claims}) == 2
-    assert Ledger(study).counts() == {"pending": 0, "running": 0, "done": 8, "failed": 0}
+    assert Ledger(study).counts() == {"pending": 0, "running": 0, "done": 8, "failed": 0, "stopped": 0}
     assert drain.count == {(i, k): 1 for i in range(8) for k in range(1, 4)}
 
 
@@ -227,7 +227,7 @@ def test_remote_worker_is_judged_by_its_heartbeat(tmp_path):
     assert led.counts()["running"] == 2  # its heartbeat is fresh: still alive
     hb.write_text(json.dumps({"worker": "otherhost:123", "t": time.time() - 1}))
     led.reclaim(worker_timeout=0.25)
-    assert led.counts() == {"pending": 2, "running": 0, "done": 0, "failed": 0}
+    assert led.counts() == {"pending": 2, "running": 0, "done": 0, "failed": 0, "stopped": 0}
 
 
 def test_bad_fault_tolerance_settings_and_resume_without_study(tmp_path):
@@ -282,7 +282,7 @@ steps = 3\n[sampling]\nn_train = 6\nn_validation = 0\n[simulate]\nconcurrency = 
     assert {c["worker"].rpartition(":")[2] for c in claims} == {str(run.pid), str(extra.pid)}
     s = json.loads((study / "summary.json").read_text())
     assert s["samples_received"] == 6 * 3 and s["duplicates_dropped"] == 0
-    assert s["ledger"] == {"pending": 0, "running": 0, "done": 6, "failed": 0}
+    assert s["ledger"] == {"pending": 0, "running": 0, "done": 6, "failed": 0, "stopped": 0}
 
 
 def adapter(frame, cfg):

@@ -113,16 +113,32 @@ def squeue_steps(env) -> list[S.Step]:
     return S.parse_steps(r.stdout)
 
 
+OUTCOME = {"start": "started", "restart": "failed", "done": "done", "fail": "gave_up",
+           "release": "released", "stop": "stopped"}
+
+
+def events(d: Path) -> list[dict]:
+    return [json.loads(ln) for ln in (d / "ledger.jsonl").read_text().splitlines()]
+
+
 def attempts(d: Path) -> list[dict]:
-    return [a for a in map(json.loads, (d / "attempts.jsonl").read_text().splitlines())
-            if a.get("role") != "trainer"]
+    """Each simulation's history from the ledger: started, failed (restarted), done, gave_up,
+    released (back to pending), stopped."""
+    return [{**e, "sim": e["id"], "outcome": OUTCOME[e["ev"]]} for e in events(d)
+            if e["ev"] in OUTCOME]
+
+
+def trainer_events(d: Path) -> list[dict]:
+    return [e for e in events(d) if e["ev"] == "trainer"]
 
 
 def study_procs(url: str) -> list[psutil.Process]:
+    """Processes of the study whose ring is url + '-USER-jJOB' (launch.study_channel)."""
     out = []
     for p in psutil.process_iter():
         try:
-            if p.environ().get("OT_CHANNEL") == url or url in " ".join(p.cmdline()):
+            if p.environ().get("OT_CHANNEL", "").startswith(url) or \
+                    url in " ".join(p.cmdline()):
                 out.append(p)
         except psutil.Error:
             continue
@@ -195,8 +211,7 @@ def test_killed_trainer_resumes_from_its_checkpoint_and_reruns_only_what_it_lost
     res = json.loads((d / "result.json").read_text())
     assert res["status"] == "completed" and res["trainer_restarts"] == 1
     assert res["done"] == ALL_IDS  # each once
-    trainer_rec = [a for a in map(json.loads, (d / "attempts.jsonl").read_text().splitlines())
-                   if a.get("role") == "trainer"]
+    trainer_rec = trainer_events(d)
     assert [t["outcome"] for t in trainer_rec] == ["started", "failed", "started", "done"]
     assert "SIGKILL" in trainer_rec[1]["reason"] or "137" in trainer_rec[1]["reason"]
     # the restarted trainer got --resume and continued from the checkpointed batch, not from 0
@@ -229,7 +244,8 @@ def test_killed_trainer_resumes_from_its_checkpoint_and_reruns_only_what_it_lost
         else:
             assert outcomes.count("started") == 2 and outcomes[-1] == "done", (sid, outcomes)
     three = [a["outcome"] for a in attempts(d) if a["sim"] == 3]
-    assert three == ["started", "interrupted", "started", "done"]
+    assert three == ["started", "released", "started", "done"]  # its data went with the trainer
+    assert "the trainer" in [a for a in attempts(d) if a["sim"] == 3][1]["reason"]
     st = json.loads(ot("slurm", "status", d, "--json", env=env).stdout)
     assert st["simulations"]["done"] == ALL_IDS and st["simulations"]["trainer"][2]["resume_batch"] == 3
     assert (d / "checkpoint.pt").exists()
@@ -260,7 +276,7 @@ def test_semiglobal_study_restarts_killed_and_gives_up_on_failing(study, ring_na
     assert two == ["started", "failed", "started", "gave_up"]
     four = [a["outcome"] for a in attempts(d) if a["sim"] == 4]
     assert four == ["started", "failed", "started", "done"]
-    roles = [j["role"] for j in map(json.loads, (d / "jobs.jsonl").read_text().splitlines())]
+    roles = [e["role"] for e in events(d) if e["ev"] == "job"]
     assert roles.count("driver") == 1 and roles.count("simulation") == 8 + 2  # 2 restarts
     assert (d / "checkpoint.pt").exists()
     assert not study_procs(f"shm://{ring_name}")
@@ -292,7 +308,8 @@ def test_cancel_leaves_no_job_step_process_or_segment(study, ring_name):
     assert json.loads((d / "result.json").read_text())["status"] == "cancelled"
 
 
-@pytest.mark.timeout(150)
+# two studies of up to 140 s each, and the session's cluster is stopped in this test's teardown
+@pytest.mark.timeout(330)
 def test_submit_inside_an_existing_allocation_runs_there(study, tmp_path):
     cfg, d, env, _ = study("global")
     user_script = tmp_path / "mine.sbatch"
@@ -303,7 +320,7 @@ def test_submit_inside_an_existing_allocation_runs_there(study, tmp_path):
     assert r.returncode == 0, (tmp_path / "mine.out").read_text()
     res = json.loads((d / "result.json").read_text())
     assert res["status"] == "completed" and res["done"] == ALL_IDS
-    assert not (d / "jobs.jsonl").exists()  # nothing was submitted: it ran in the allocation
+    assert not [e for e in events(d) if e["ev"] == "job"]  # nothing submitted: it ran here
     assert (d / "checkpoint.pt").exists()
     # the driver's script run again by hand continues the study from its checkpoint: the trainer
     # resumes at its last batch and no simulation runs again (all were fully received)
@@ -313,6 +330,33 @@ def test_submit_inside_an_existing_allocation_runs_there(study, tmp_path):
     res = json.loads((d / "result.json").read_text())
     assert res["status"] == "completed" and res["done"] == ALL_IDS
     assert len([a for a in attempts(d) if a["outcome"] == "started"]) == len(ALL_IDS)
-    trainer = [a for a in map(json.loads, (d / "attempts.jsonl").read_text().splitlines())
-               if a.get("role") == "trainer"]
+    trainer = trainer_events(d)
     assert trainer[-2]["resume_batch"] == 30 and trainer[-1]["outcome"] == "done"
+
+
+@pytest.mark.timeout(240)
+def test_two_rank_mpi_simulations_run_as_srun_steps(study, ring_name):
+    cfg, d, env, marks = study("global", buffer="fifo")
+    text = cfg.read_text().replace(
+        'kind = "python"\nfunction = "tests.slurm_solvers:heat2d_faulty"\nn = 8\nsteps = 10',
+        f'kind = "program"\nargv = ["{sys.executable}", "{ROOT / "tests" / "mpi_sim.py"}"]\n'
+        f'steps = 6')
+    cfg.write_text(text + "[simulate]\nntasks = 2\n")
+    p = submit_bg(cfg, env)
+    try:
+        out, err = p.communicate(timeout=200)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 0, out + err + "".join(f.read_text() for f in (d / "logs").glob("*"))
+    assert "#SBATCH --ntasks=4" in (d / S.DRIVER_SCRIPT).read_text()  # job_limit x ntasks
+    res = json.loads((d / "result.json").read_text())
+    assert res["status"] == "completed" and res["done"] == ALL_IDS
+    assert {f.name: f.read_text() for f in marks.glob("size-*")} == \
+        {f"size-{i}": "2" for i in ALL_IDS}  # every simulation was a 2-rank MPI world
+    starts = [e for e in events(d) if e["ev"] == "start"]
+    assert len(starts) == 8 and all(e["where"].startswith("srun pid") for e in starts)
+    summary = json.loads((d / "summary.json").read_text())
+    assert summary["samples_received"] == 8 * 6 and summary["duplicates_dropped"] == 0
+    assert not study_procs(f"shm://{ring_name}")

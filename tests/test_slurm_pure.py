@@ -4,12 +4,13 @@ from __future__ import annotations
 import tomllib
 
 import pytest
+
+from onlinetrain.ledger import Ledger
 from click.testing import CliRunner
 
 from onlinetrain import config as C
 from onlinetrain import slurm as S
 from onlinetrain.cli import main
-from onlinetrain.slurm_records import StudyRecord
 
 
 @pytest.mark.parametrize("text, hosts", [
@@ -81,7 +82,8 @@ def test_driver_script_global_is_a_hetjob_with_args_of_each_side():
     assert lines[0] == "#!/bin/bash"
     i = lines.index("#SBATCH hetjob")
     assert "#SBATCH --gres=gpu:1" in lines[:i] and "#SBATCH --time=60" in lines[:i]
-    assert lines[i + 1:i + 3] == ["#SBATCH --ntasks=3", "#SBATCH --partition=cpu"]
+    assert lines[i + 1:i + 4] == ["#SBATCH --ntasks=3", "#SBATCH --cpus-per-task=1",
+                               "#SBATCH --partition=cpu"]
     assert "#SBATCH --job-name=ot-st" in lines
     assert lines[-1] == "exec /py -m onlinetrain slurm drive /s"
 
@@ -115,29 +117,24 @@ def test_allocation_from_env():
     assert S.Allocation.from_env({"SLURM_JOB_ID": "9", "SLURM_NODELIST": "x"}).het_size == 0
 
 
-def test_study_record_summary(tmp_path):
-    r = StudyRecord(tmp_path)
-    r.attempt(1, 0, "started")
-    r.attempt(1, 0, "failed", "killed by SIGKILL")
-    r.attempt(1, 1, "started")
-    r.attempt(1, 1, "done")
-    r.attempt(2, 0, "started")
-    r.attempt(2, 0, "gave_up", "exit code 1")
-    r.attempt(3, 0, "started")
-    r.attempt(5, 0, "started")
-    r.attempt(5, 0, "done")
-    r.attempt(5, 0, "requeued", "its data is not in the checkpoint")  # the trainer lost it
-    r.attempt(5, 1, "started")
-    r.trainer_attempt(1, "started", "--resume", resume_batch=7, fully_received=[1])
-    (tmp_path / "attempts.jsonl").open("a").write('{"sim": 4, "outc')  # cut short by a crash
-    assert r.summary() == {"done": [1], "failed": {2: "exit code 1"},
-                           "attempts": {1: 2, 2: 1, 3: 1, 5: 2}, "running": [3, 5],
-                           "trainer": [{"attempt": 1, "outcome": "started", "reason": "--resume",
-                                        "resume_batch": 7}]}
-    r.job("12", "driver")
-    assert [j["job"] for j in r.jobs()] == ["12"]
-    r.reset()
-    assert r.jobs() == [] and r.attempts() == []
+def test_resources_reach_the_script_and_the_steps():
+    cfg = C.from_dict({"output": {"name": "st", "dir": "/s"}, "simulate": {"ntasks": 2},
+                       "slurm": {"mode": "global", "job_limit": 3, "cpus_per_task": 4,
+                                 "gpus": 1, "cpus": 8}})
+    lines = S.driver_script(cfg, "/s", "/py", "/p").splitlines()
+    i = lines.index("#SBATCH hetjob")
+    assert {"#SBATCH --cpus-per-task=8", "#SBATCH --gpus=1"} <= set(lines[:i])
+    assert lines[i + 1:i + 3] == ["#SBATCH --ntasks=6", "#SBATCH --cpus-per-task=4"]
+    argv = S.srun_argv(["x"], "sim1", 1, ntasks=2, nodes=2, cpus_per_task=4)
+    assert {"--ntasks=2", "--nodes=2", "--cpus-per-task=4", "--mpi=pmi2"} <= set(argv)
+    assert "--gpus=1" in S.srun_argv(["x"], "trainer", gpus=1)
+    for key, bad in (("nodes", 0), ("cpus_per_task", 0), ("gpus", -1), ("cpus", 1.5)):
+        with pytest.raises(C.ConfigError) as e:
+            C.from_dict({"slurm": {key: bad}})
+        assert e.value.key == f"slurm.{key}"
+    with pytest.raises(C.ConfigError) as e:
+        C.from_dict({"simulate": {"ntasks": 0}})
+    assert e.value.key == "simulate.ntasks"
 
 
 def test_submit_dry_run_writes_the_study_and_prints_the_script(tmp_path, monkeypatch):
@@ -152,6 +149,8 @@ def test_submit_dry_run_writes_the_study_and_prints_the_script(tmp_path, monkeyp
     d = tmp_path / "st"
     assert (d / S.DRIVER_SCRIPT).read_text() == r.output
     assert len((d / "params.jsonl").read_text().splitlines()) == 4
+    led = Ledger(d)  # the study state: every set pending, no job yet
+    assert led.counts()["pending"] == 4 and led.snapshot() and led.jobs == []
     study = C.load(d / "study.toml")
     assert study.output.dir == str(d) and study.validation.first_id == 3
     assert study.train.checkpoint_every == 3000 // 20  # Slurm default: a restart can resume
