@@ -93,9 +93,9 @@ def sample(n, seed, method, bounds, dim, start_id):
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
               help="TOML config; its [solver] and [simulate] sections are used.")
 @click.option("--concurrency", type=int, help="Simulations at once.")
-@click.option("--solver", help="heat2d (default), or package.module:generator.")
-@click.option("--n", type=int, help="heat2d grid (interior nodes per side).")
-@click.option("--steps", type=int, help="heat2d time steps.")
+@click.option("--solver", help="heat2d (default), ks1d, or package.module:generator.")
+@click.option("--n", type=int, help="heat2d grid (interior nodes per side); ks1d grid points.")
+@click.option("--steps", type=int, help="heat2d time steps; ks1d output frames.")
 @click.option("--scheme", type=click.Choice(["implicit", "explicit"]))
 @click.option("--connect-timeout", type=float, help="Seconds to wait for the channel to appear.")
 @click.option("--relay", is_flag=True, help="tcp:// only: simulations write to a local ring and "
@@ -119,7 +119,8 @@ def simulate(url, study_dir, params_file, config_path, concurrency, solver, n, s
     if not url:
         raise click.UsageError("give --to URL (or --study DIR)")
     with _Guard():
-        kind = "program" if program else ("python" if solver and solver != "heat2d" else None)
+        kind = "program" if program else (solver if solver in ("heat2d", "ks1d") else
+                                          "python" if solver else None)
         cfg = C.load(config_path, {
             "solver.kind": kind, "solver.function": solver if kind == "python" else None,
             "solver.argv": list(program) or None, "solver.n": n, "solver.steps": steps,

@@ -32,16 +32,19 @@ def _check(cond: bool, key: str, value, need: str):
 
 @dataclass
 class SolverConfig:
-    kind: str = "heat2d"  # heat2d | python | program
-    n: int = 32  # heat2d: interior nodes per side
-    steps: int = 100  # heat2d: time steps
+    kind: str = "heat2d"  # heat2d | ks1d | python | program
+    n: int = 32  # heat2d: interior nodes per side; ks1d: grid points (even)
+    steps: int = 100  # heat2d: time steps; ks1d: output frames
     scheme: str = "implicit"  # heat2d: implicit | explicit
     function: str = ""  # python: "package.module:generator" yielding (step, array) from params
     argv: list = field(default_factory=list)  # program: argv template, {sim_id} {params} {p0}.. {channel}
+    length: float = 0.0  # ks1d: domain length L (0: 32 pi)
+    dt: float = 0.0  # ks1d: ETDRK4 step (0: 0.25)
+    stride: int = 1  # ks1d: solver steps per output frame
 
     def __post_init__(self):
-        _check(self.kind in ("heat2d", "python", "program"), "solver.kind", self.kind,
-               "use heat2d, python or program")
+        _check(self.kind in ("heat2d", "ks1d", "python", "program"), "solver.kind", self.kind,
+               "use heat2d, ks1d, python or program")
         _check(isinstance(self.n, int) and self.n >= 2, "solver.n", self.n, "an integer >= 2")
         _check(isinstance(self.steps, int) and self.steps >= 1, "solver.steps", self.steps,
                "an integer >= 1")
@@ -53,6 +56,15 @@ class SolverConfig:
                 Heat2DConfig(n=self.n, steps=self.steps, scheme=self.scheme).check_stable()
             except UnstableTimeStep as e:
                 raise ConfigError(f"solver: {e}", "solver.steps", self.steps) from None
+        if self.kind == "ks1d":
+            from solvers.ks1d import KS1DConfig  # noqa: PLC0415
+            _check(self.length >= 0 and self.dt >= 0, "solver.length/dt", (self.length, self.dt),
+                   "> 0 (or 0 for the ks1d default)")
+            try:
+                KS1DConfig(n=self.n, steps=self.steps, stride=self.stride,
+                           **{k: getattr(self, k) for k in ("length", "dt") if getattr(self, k)})
+            except ValueError as e:
+                raise ConfigError(f"solver: {e}", "solver", self.kind) from None
         if self.kind == "python":
             _check(":" in self.function, "solver.function", self.function,
                    "give 'package.module:function'")

@@ -73,7 +73,9 @@ def child_env(solver, sim_id: int, params, url: str, connect_timeout: float) -> 
     env.update({"OT_CHANNEL": url, "OT_SIM_ID": str(sim_id), "OT_PARAMS": json.dumps(list(params)),
                 "OT_CONNECT_TIMEOUT": str(connect_timeout),
                 "OT_SOLVER": json.dumps({"kind": solver.kind, "n": solver.n, "steps": solver.steps,
-                                         "scheme": solver.scheme, "function": solver.function})})
+                                         "scheme": solver.scheme, "function": solver.function,
+                                         "length": solver.length, "dt": solver.dt,
+                                         "stride": solver.stride})})
     # children must import this very onlinetrain (and solvers/) even when it is not installed
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH", "")) if p)
