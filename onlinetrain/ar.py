@@ -1,0 +1,108 @@
+"""Autoregressive mode (`model.mode = "autoregressive"`): u_t+1 = f_theta(u_t, parameters).
+
+The adapter of this mode returns (parameters, u) for a frame: the parameters as a flat vector and
+the state u in the model's units, with the field's shape (which the builder receives). It may also
+say how a predicted field becomes the next input, as an attribute `next_input(pred, prev) -> next`
+on torch tensors (B, field size); without it the prediction is the next input as is. So a rollout
+never needs the solver.
+
+    [model]
+    mode = "autoregressive"
+    adapter = "onlinetrain.ar:ks1d_ar"     # or onlinetrain.ar:heat2d_ar, or your own
+    target = "next"                        # or "increment": the model predicts u_t+1 - u_t
+    [train]
+    unroll = 1                             # steps the loss unrolls (windows of unroll + 1 steps)
+
+    nxt = advance(model, p, u, "next", adapter_next_input(adapter))   # one step, torch
+    loss = window_loss(model, p, states, target, next_input)         # states (B, unroll+1, S)
+    step = stepper(model, target, next_input, device)                 # numpy in, numpy out
+
+Windows come from onlinetrain.pairs.PairBuffer; rollout validation is onlinetrain.rollout.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+MODES = ("field", "autoregressive")
+TARGETS = ("next", "increment")
+
+
+class ShapeRecorder:
+    """Wraps an autoregressive adapter: remembers the field's shape (for the builder) and flattens."""
+
+    def __init__(self, adapter):
+        self.adapter = adapter
+        self.shape: tuple | None = None
+        self.next_input = adapter_next_input(adapter)
+
+    def __call__(self, frame, cfg):
+        p, u = self.adapter(frame, cfg)
+        u = np.asarray(u, np.float32)
+        if self.shape is None:
+            self.shape = tuple(u.shape)
+        return np.asarray(p, np.float32).reshape(-1), u.reshape(-1)
+
+
+def adapter_next_input(adapter):
+    return getattr(adapter, "next_input", None)
+
+
+def advance(model, p, u, target: str = "next", next_input=None):
+    """One model step on torch tensors: p (B, P), u (B, S) -> the next input (B, S)."""
+    import torch  # noqa: PLC0415
+    out = model(torch.cat([p, u], dim=1))
+    nxt = u + out if target == "increment" else out
+    return nxt if next_input is None else next_input(nxt, u)
+
+
+def window_loss(model, p, states, target: str = "next", next_input=None):
+    """Mean over the window of the MSE of the unrolled prediction against each later state
+    (gradients flow through the unroll); states is (B, window, S), p (B, P)."""
+    u = states[:, 0]
+    loss = 0.0
+    w = states.shape[1]
+    for j in range(1, w):
+        u = advance(model, p, u, target, next_input)
+        loss = loss + ((u - states[:, j]) ** 2).mean()
+    return loss / (w - 1)
+
+
+def stepper(model, target: str = "next", next_input=None, device="cpu"):
+    """fn(p, u) -> next u on numpy float32 arrays (no gradients): what rollout.evaluate drives."""
+    import torch  # noqa: PLC0415
+
+    def step(p: np.ndarray, u: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            tp = torch.from_numpy(np.ascontiguousarray(p, np.float32)).to(device)
+            tu = torch.from_numpy(np.ascontiguousarray(u, np.float32)).to(device)
+            return advance(model, tp, tu, target, next_input).cpu().numpy()
+    return step
+
+
+# --- adapters of the two reference solvers --------------------------------------------------
+def ks1d_ar(frame, cfg):
+    """ks1d: parameters (amplitudes as they are, phases / pi), u as it is (O(1) values)."""
+    p = np.asarray(frame.params, np.float32).reshape(-1)
+    m = p.size // 2
+    q = p.copy()
+    q[m:] = p[m:] / np.pi
+    return q, np.asarray(frame.array, np.float32).reshape(-1)
+
+
+def _keep_mean(pred, prev):
+    """KS conserves the spatial mean: the next input gets the previous input's mean back."""
+    return pred - pred.mean(dim=1, keepdim=True) + prev.mean(dim=1, keepdim=True)
+
+
+ks1d_ar.next_input = _keep_mean
+
+
+def heat2d_ar(frame, cfg):
+    """heat2d: the 5 temperatures scaled to [-1, 1], u = (T - 300 K) / 100 K on the (n, n) grid."""
+    from .surrogate import T_CENTER, T_HALF_RANGE, T_SCALE  # noqa: PLC0415
+    p = np.asarray(frame.params, np.float32).reshape(-1)
+    if p.shape != (5,):
+        raise ValueError(f"heat2d_ar expects 5 parameters, frame of simulation {frame.sim_id} has "
+                         f"{p.size}: set model.adapter for your solver")
+    u = (np.asarray(frame.array, np.float32) - T_CENTER) / T_SCALE
+    return (p - T_CENTER) / T_HALF_RANGE, u
