@@ -79,6 +79,59 @@ def stepper(model, target: str = "next", next_input=None, device="cpu"):
     return step
 
 
+class Autoregressive:
+    """What the trainer does differently in this mode, in one place:
+
+        mode = Autoregressive(cfg, adapter)        # adapter: fn(frame, cfg) -> (params, u)
+        rx = Receiver(..., mode.wrap(buf), cfg, mode.adapter, ...)
+        model = mode.build(builder, *mode.dims())  # after the first batch (or ck["dims"])
+        loss = mode.loss(model, batch, device)
+        metrics.update(mode.validate(model, rx.val, device))   # val_mse = one-step MSE
+    """
+
+    def __init__(self, cfg, adapter):
+        self.cfg = cfg
+        self.adapter = ShapeRecorder(adapter)
+        self.target = cfg.model.target
+        self.buf = None
+
+    def wrap(self, buf):
+        from .pairs import PairBuffer  # noqa: PLC0415
+        self.buf = PairBuffer(buf, window=self.cfg.train.unroll + 1)
+        return self.buf
+
+    def dims(self) -> tuple[int, int]:
+        return self.buf.x_size + self.buf.y_size, self.buf.y_size
+
+    def build(self, builder, in_dim: int, out_dim: int):
+        from .models import call_builder  # noqa: PLC0415
+        # on resume before any frame: a flat field (what a 1-D builder needs)
+        return call_builder(builder, in_dim, out_dim, self.cfg, self.adapter.shape or (out_dim,))
+
+    def loss(self, model, b, device):
+        import torch  # noqa: PLC0415
+        p, states = self.buf.window_states(b)
+        return window_loss(model, torch.from_numpy(p).to(device),
+                           torch.from_numpy(states).to(device), self.target,
+                           self.adapter.next_input)
+
+    def validate(self, model, val: dict, device) -> dict:
+        from .rollout import evaluate, trajectories  # noqa: PLC0415
+        was = model.training
+        model.eval()
+        try:
+            r = evaluate(stepper(model, self.target, self.adapter.next_input, device),
+                         trajectories(val))
+        finally:
+            model.train(was)
+        return {"val_mse": r["one_step_mse"], **r}
+
+
+def training_mode(cfg, adapter):
+    """Autoregressive(cfg, adapter) in that mode, else None (field mode: the trainer as it was)."""
+    return Autoregressive(cfg, adapter) if cfg.model.mode == "autoregressive" else None
+
+
 # --- adapters of the two reference solvers --------------------------------------------------
 def ks1d_ar(frame, cfg):
     """ks1d: parameters (amplitudes as they are, phases / pi), u as it is (O(1) values)."""

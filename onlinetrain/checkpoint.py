@@ -44,18 +44,24 @@ def _t(a, dtype=None):
     return torch.from_numpy(np.ascontiguousarray(a if dtype is None else np.asarray(a, dtype)))
 
 
+def _buffer_state(buf) -> dict:
+    if hasattr(buf, "state_dict"):  # a buffer that owns its section (pairs.PairBuffer)
+        return {**buf.state_dict(), "ended": False}
+    bstate = {"kind": buf.kind, "capacity": buf.capacity, "size": buf.size,
+              "received": buf.received, "served": buf.served, "evicted": buf.evicted,
+              "head": int(getattr(buf, "head", 0)), "ended": False,
+              "rng": buf.rng.bit_generator.state, "keys": _t(buf.keys.copy()),
+              "seen": _t(buf.seen.copy())}
+    if buf.x is not None:
+        bstate["x"], bstate["y"] = _t(buf.x.copy()), _t(buf.y.copy())
+    return bstate
+
+
 def capture(model, opt, sched, batches: int, rx, buf, cfg) -> dict:
     """A consistent snapshot (the receiver is paused while its state and the buffer are copied)."""
     import torch  # noqa: PLC0415
     with rx.lock, buf.cond:
-        n = buf.size
-        bstate = {"kind": buf.kind, "capacity": buf.capacity, "size": n,
-                  "received": buf.received, "served": buf.served, "evicted": buf.evicted,
-                  "head": int(getattr(buf, "head", 0)), "ended": False,
-                  "rng": buf.rng.bit_generator.state, "keys": _t(buf.keys.copy()),
-                  "seen": _t(buf.seen.copy())}
-        if buf.x is not None:
-            bstate["x"], bstate["y"] = _t(buf.x.copy()), _t(buf.y.copy())
+        bstate = _buffer_state(buf)
         seen = np.array(sorted(rx.seen), np.int64).reshape(-1, 2)
         vkeys = list(rx.val)
         recv = {"seen": _t(seen), "sims_done": sorted(rx.sims_done),
@@ -181,7 +187,8 @@ def fully_received(ck: dict | None) -> set[int]:
 def restore_stream(ck: dict, rx, buf):
     """Put the receiver's accounting and the buffer back (before the receiver starts)."""
     r, b = ck["receiver"], ck["buffer"]
-    if b["kind"] != buf.kind or b["capacity"] != buf.capacity:
+    if not hasattr(buf, "load_state_dict") and (b["kind"] != buf.kind
+                                                or b["capacity"] != buf.capacity):
         raise CheckpointError(f"checkpoint {ck.get('path')} has a {b['kind']} buffer of "
                               f"{b['capacity']} samples, the config a {buf.kind} of "
                               f"{buf.capacity}: resume with the same [buffer]", ck.get("path"))
@@ -195,6 +202,9 @@ def restore_stream(ck: dict, rx, buf):
     vk = r["val_keys"].numpy().tolist()
     rx.val = {tuple(k): (r["val_x"][i].numpy().copy(), r["val_y"][i].numpy().copy())
               for i, k in enumerate(vk)}
+    if hasattr(buf, "load_state_dict"):
+        buf.load_state_dict(b)
+        return
     if "x" in b:
         buf.x, buf.y = b["x"].numpy().copy(), b["y"].numpy().copy()
     buf.keys, buf.seen = b["keys"].numpy().copy(), b["seen"].numpy().copy()

@@ -144,8 +144,9 @@ def simulate(url, study_dir, params_file, config_path, concurrency, solver, n, s
 
 def _progress(m: dict):
     val = "-" if m["val_mse"] is None else f"{m['val_mse']:.4g}"
+    roll = "" if m.get("mean_nRMSE") is None else f"  rollout nRMSE {m['mean_nRMSE']:.3g}"
     click.echo(f"batch {m['batch']:>6}  sims done {m['sims_done']:>4}  samples {m['samples']:>7}  "
-               f"train loss {m['train_loss']:.4g}  val mse {val}  lr {m['lr']:.2g}", err=True)
+               f"train loss {m['train_loss']:.4g}  val mse {val}{roll}  lr {m['lr']:.2g}", err=True)
 
 
 def _report(s: dict):
@@ -154,8 +155,15 @@ def _report(s: dict):
     if s["val_mse"] is not None:
         click.echo(f"validation MSE {s['val_mse']:.5g}  vs mean-field baseline "
                    f"{s['mean_field_mse']:.5g}  (ratio {s['val_mse'] / s['mean_field_mse']:.3f})")
-    click.echo(json.dumps({k: s[k] for k in ("val_mse", "mean_field_mse", "batches",
-                                             "samples_received", "duplicates_dropped")}))
+    if s.get("mean_nRMSE") is not None:  # autoregressive mode (rollout.py)
+        h = s["rollout_horizon"]
+        click.echo(f"rollout of {s['rollout_sims']} held-out simulations over "
+                   f"{s['rollout_steps']} steps: mean nRMSE {s['mean_nRMSE']:.4g}, one-step MSE "
+                   f"{s['one_step_mse']:.4g}, nRMSE "
+                   + (f"crosses 1 at step {h}" if h else "stays below 1"))
+    keys = ("val_mse", "mean_field_mse", "batches", "samples_received", "duplicates_dropped",
+            "one_step_mse", "mean_nRMSE", "rollout_horizon")
+    click.echo(json.dumps({k: s[k] for k in keys if k in s}))
 
 
 @main.command()

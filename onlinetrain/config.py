@@ -173,8 +173,14 @@ class ModelConfig:
     adapter: str = "onlinetrain.surrogate:heat2d_xy"  # fn(frame, cfg) -> (x, y) float32 arrays
     hidden: int = 256
     layers: int = 2
+    mode: str = "field"  # field: (params, t) -> field | autoregressive: (u_t, params) -> u_t+1
+    target: str = "next"  # autoregressive: next (u_t+1) | increment (u_t+1 - u_t)
 
     def __post_init__(self):
+        _check(self.mode in ("field", "autoregressive"), "model.mode", self.mode,
+               "use field or autoregressive")
+        _check(self.target in ("next", "increment"), "model.target", self.target,
+               "use next or increment")
         for k in ("builder", "adapter"):
             _check(":" in getattr(self, k), f"model.{k}", getattr(self, k),
                    "give 'package.module:function'")
@@ -195,8 +201,11 @@ class TrainConfig:
     device: str = "cpu"
     checkpoint_every: int = 0  # batches between resumable checkpoints (0: only at exit)
     keep_checkpoints: int = 2  # resumable checkpoints kept in <output.dir>/checkpoints
+    unroll: int = 1  # autoregressive: model steps the loss unrolls (windows of unroll + 1 steps)
 
     def __post_init__(self):
+        _check(isinstance(self.unroll, int) and self.unroll >= 1, "train.unroll", self.unroll,
+               "an integer >= 1")
         _check(isinstance(self.checkpoint_every, int) and self.checkpoint_every >= 0,
                "train.checkpoint_every", self.checkpoint_every, "an integer >= 0")
         _check(isinstance(self.keep_checkpoints, int) and self.keep_checkpoints >= 1,

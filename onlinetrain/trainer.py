@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import checkpoint
+from . import ar, checkpoint
 from . import frame as fr
 from .channel import open_consumer
 from .reservoir import make_buffer
@@ -175,6 +175,11 @@ def _validate(model, val, device) -> float | None:
     return total / len(xs)
 
 
+def _validation(mode, model, val, device) -> dict:
+    """{"val_mse": ...}; autoregressive mode adds the rollout's figures (rollout.py)."""
+    return mode.validate(model, val, device) if mode else {"val_mse": _validate(model, val, device)}
+
+
 def train(cfg, consumer=None, expected_sims: int | None = None, on_progress=None,
           stop_event: threading.Event | None = None, resume: bool = False,
           finished=None) -> dict:
@@ -186,6 +191,9 @@ def train(cfg, consumer=None, expected_sims: int | None = None, on_progress=None
 
     from . import ddp  # noqa: PLC0415
     if ddp.wants_distributed(cfg):  # several ranks (torchrun, srun) or an MPI channel
+        if cfg.model.mode == "autoregressive":
+            raise TrainError("model.mode = 'autoregressive' trains on one rank for now: run "
+                             "without torchrun/srun or an mpi:// channel", cfg.model.mode)
         return ddp.train(cfg, consumer, expected_sims, on_progress, stop_event)
     t0 = time.monotonic()
     torch.manual_seed(cfg.train.seed)
@@ -197,6 +205,9 @@ def train(cfg, consumer=None, expected_sims: int | None = None, on_progress=None
     buf = make_buffer(cfg.buffer.kind, cfg.buffer.capacity, cfg.buffer.watermark, cfg.buffer.seed,
                       post_stream_batches=cfg.buffer.post_stream_batches,
                       epochs=cfg.buffer.epochs, record=cfg.buffer.record_arrivals)
+    mode = ar.training_mode(cfg, adapter)  # autoregressive: windows, rollout validation (ar.py)
+    if mode is not None:
+        adapter, buf = mode.adapter, mode.wrap(buf)
     own = consumer is None
     if own:
         consumer = open_consumer(cfg.channel_url, capacity=cfg.channel.ring_mb << 20,
@@ -207,7 +218,8 @@ def train(cfg, consumer=None, expected_sims: int | None = None, on_progress=None
     batches, loss_acc, loss_n = 0, 0.0, 0
 
     def make(in_dim, out_dim):
-        m = builder(in_dim, out_dim, cfg).to(device)
+        m = (mode.build(builder, in_dim, out_dim) if mode else builder(in_dim, out_dim, cfg))
+        m = m.to(device)
         o = torch.optim.Adam(m.parameters(), lr=cfg.train.lr)
         return m, o, torch.optim.lr_scheduler.MultiStepLR(o, cfg.train.lr_milestones,
                                                            cfg.train.lr_gamma)
@@ -242,9 +254,12 @@ def train(cfg, consumer=None, expected_sims: int | None = None, on_progress=None
                     break
                 continue
             if model is None:
-                model, opt, sched = make(b.x.shape[1], b.y.shape[1])
-            x, y = torch.from_numpy(b.x).to(device), torch.from_numpy(b.y).to(device)
-            loss = torch.nn.functional.mse_loss(model(x), y)
+                model, opt, sched = make(*(mode.dims() if mode else (b.x.shape[1], b.y.shape[1])))
+            if mode is not None:
+                loss = mode.loss(model, b, device)
+            else:
+                x, y = torch.from_numpy(b.x).to(device), torch.from_numpy(b.y).to(device)
+                loss = torch.nn.functional.mse_loss(model(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -255,11 +270,12 @@ def train(cfg, consumer=None, expected_sims: int | None = None, on_progress=None
             if cfg.train.checkpoint_every and batches % cfg.train.checkpoint_every == 0:
                 save_checkpoint()
             if batches % cfg.train.val_every == 0:
-                val_mse = _validate(model, rx.val, device)
+                val = _validation(mode, model, rx.val, device)
+                val_mse = val["val_mse"]
                 m = {"batch": batches, "time": round(time.monotonic() - t0, 3),
                      "lr": sched.get_last_lr()[0], "train_loss": loss_acc / loss_n,
                      "val_mse": val_mse, "samples": rx.samples, "buffer": len(buf),
-                     "sims_done": len(rx.sims_done), "duplicates": rx.duplicates}
+                     "sims_done": len(rx.sims_done), "duplicates": rx.duplicates, **val}
                 loss_acc, loss_n = 0.0, 0
                 metrics.write(json.dumps(m) + "\n")
                 metrics.flush()
@@ -271,7 +287,8 @@ def train(cfg, consumer=None, expected_sims: int | None = None, on_progress=None
             raise TrainError(f"no training sample arrived on {cfg.channel_url} "
                              f"({rx.frames} frames, {rx.rejected} rejected): is a simulation running "
                              f"and sending to this channel?")
-        val_mse = _validate(model, rx.val, device)
+        val = _validation(mode, model, rx.val, device)
+        val_mse = val["val_mse"]
         mean_field = None
         if rx.val and rx.y_count:
             mean_y = (rx.y_sum / rx.y_count).astype(np.float32)
@@ -282,7 +299,7 @@ def train(cfg, consumer=None, expected_sims: int | None = None, on_progress=None
                    "duplicates_dropped": rx.duplicates, "frames_rejected": rx.rejected,
                    "sims_done": len(rx.sims_done), "sims_failed": len(rx.sims_failed),
                    "buffer": buf.stats(), "wall_s": round(time.monotonic() - t0, 3),
-                   "abandoned_slots": getattr(consumer, "abandoned", 0)}
+                   "abandoned_slots": getattr(consumer, "abandoned", 0), **val}
         save_checkpoint(final=True, summary=summary)  # also <out>/checkpoint.pt
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         if cfg.buffer.record_arrivals:
@@ -305,5 +322,7 @@ def train(cfg, consumer=None, expected_sims: int | None = None, on_progress=None
 def model_dims(model) -> list[int]:
     """(in_dim, out_dim) of a model built by a builder, from its first and last Linear layers."""
     import torch  # noqa: PLC0415
+    if getattr(model, "dims", None) is not None:  # e.g. models.build_conv1d's (no Linear)
+        return list(model.dims)
     lin = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
     return [lin[0].in_features, lin[-1].out_features] if lin else []
