@@ -26,10 +26,13 @@ install: $(VPY)
 demo: install
 	$(VPY) -m onlinetrain run examples/heat2d.toml
 
-# Debian packages the tests need (a real Slurm the tests bring up), once.
+# Debian packages the tests need (a real Slurm the tests bring up; C and Fortran compilers and an
+# MPI with mpicc/mpif90/mpiexec for the C/Fortran clients and their MPI examples), once.
 deps:
 	@test -x /usr/sbin/slurmctld || command -v slurmctld >/dev/null || { $(SUDO) apt-get update -qq && \
 	  $(APT_INSTALL) slurmctld slurmd slurm-client munge; }
+	@m=; for t in cc gfortran mpicc mpif90 mpiexec pkg-config; do command -v $$t >/dev/null || m=1; done; \
+	  test -z "$$m" || { $(SUDO) apt-get update -qq && $(APT_INSTALL) gcc gfortran libmpich-dev mpich pkg-config libc6-dev; }
 
 test: install deps
 	$(VPY) -m pytest -q

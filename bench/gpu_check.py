@@ -93,9 +93,19 @@ def main(argv=None):
                                                  f"gpu-{uuid.uuid4().hex[:8]}", log), daemon=True)
         th.start()
     t0 = time.monotonic()
-    s = ddp.train(cfg, env=d, on_progress=lambda m: print(
-        f"batch {m['batch']:>6}  samples {m['samples']:>7}  loss {m['train_loss']:.4g}  "
-        f"val {m['val_mse']}", flush=True) if d.rank == 0 else None)
+    from onlinetrain import trainer
+    created = False
+    if d.world == 1:  # one rank, but in a process group: DDP and the collectives run for real
+        dev = trainer.resolve_device(cfg, d)
+        created = ddp.init_group(d, ddp.backend_for(dev), 300)
+    try:
+        s = trainer.train(cfg, env=d, on_progress=lambda m: print(
+            f"batch {m['batch']:>6}  samples {m['samples']:>7}  loss {m['train_loss']:.4g}  "
+            f"val {m['val_mse']}  data wait {m['data_wait_frac']}", flush=True)
+            if d.rank == 0 else None)
+    finally:
+        if created:
+            ddp.destroy_group()
     wall = time.monotonic() - t0
     if th is not None:
         th.join(180)
@@ -105,6 +115,8 @@ def main(argv=None):
                "samples_per_s_trained": round(s["batches"] * args.batch_size * d.world / wall, 1),
                "samples_per_s_received": round(s["samples_received"] / wall, 1),
                "val_mse": s["val_mse"], "mean_field_mse": s["mean_field_mse"],
+               "data_wait_frac": s["data_wait_frac"], "backend": ddp.backend_for(
+                   trainer.resolve_device(cfg, d)),
                "val_vs_mean_field": None if not s["mean_field_mse"] else
                round(s["val_mse"] / s["mean_field_mse"], 4), "wall_s": round(wall, 2),
                "feeder": log}

@@ -80,13 +80,13 @@ def stepper(model, target: str = "next", next_input=None, device="cpu"):
 
 
 class Autoregressive:
-    """What the trainer does differently in this mode, in one place:
+    """What the trainer does differently in this mode, in one place (trainer.py calls these):
 
         mode = Autoregressive(cfg, adapter)        # adapter: fn(frame, cfg) -> (params, u)
         rx = Receiver(..., mode.wrap(buf), cfg, mode.adapter, ...)
-        model = mode.build(builder, *mode.dims())  # after the first batch (or ck["dims"])
-        loss = mode.loss(model, batch, device)
-        metrics.update(mode.validate(model, rx.val, device))   # val_mse = one-step MSE
+        model = mode.build(builder, *mode.dims())  # after the first batch (or the checkpoint's)
+        sse = mode.sse(net, x, y)                  # a batch's x, y as torch tensors
+        val = mode.validate(model, rx)             # {"val_mse": one-step MSE, rollout figures}
     """
 
     def __init__(self, cfg, adapter):
@@ -108,15 +108,23 @@ class Autoregressive:
         # on resume before any frame: a flat field (what a 1-D builder needs)
         return call_builder(builder, in_dim, out_dim, self.cfg, self.adapter.shape or (out_dim,))
 
-    def loss(self, model, b, device):
-        import torch  # noqa: PLC0415
-        p, states = self.buf.window_states(b)
-        return window_loss(model, torch.from_numpy(p).to(device),
-                           torch.from_numpy(states).to(device), self.target,
-                           self.adapter.next_input)
+    def sse(self, net, x, y):
+        """Sum over the batch of each window's mean squared error (the loop's normalization)."""
+        w = self.buf.window
+        p_size = x.shape[1] - (w - 1) * y.shape[1]
+        states = torch_cat_window(x[:, p_size:], y, w)
+        u = states[:, 0]
+        err = 0.0
+        for j in range(1, w):
+            u = advance(net, x[:, :p_size], u, self.target, self.adapter.next_input)
+            err = err + ((u.float() - states[:, j]) ** 2).mean(dim=1)
+        return (err / (w - 1)).sum()
 
-    def validate(self, model, val: dict, device) -> dict:
+    def validate(self, model, rx) -> dict:
         from .rollout import evaluate, trajectories  # noqa: PLC0415
+        with rx.lock:  # the receiver inserts meanwhile
+            val = dict(rx.val)
+        device = next(model.parameters()).device
         was = model.training
         model.eval()
         try:
@@ -125,6 +133,12 @@ class Autoregressive:
         finally:
             model.train(was)
         return {"val_mse": r["one_step_mse"], **r}
+
+
+def torch_cat_window(rest, y, window: int):
+    """(B, window, S) states from a batch's [u_t .. u_t+w-2] inputs and its u_t+w-1 target."""
+    import torch  # noqa: PLC0415
+    return torch.cat([rest, y], dim=1).reshape(len(y), window, -1)
 
 
 def training_mode(cfg, adapter):

@@ -31,6 +31,8 @@ import numpy as np
 log = logging.getLogger(__name__)
 DIRNAME = "checkpoints"
 _NAME = re.compile(r"^ckpt-(\d{9})\.pt$")
+_ANY = re.compile(r"^ckpt-(\d{9})(\.rank\d+)?\.(pt|sha256)$")
+FORMAT, VERSION = "onlinetrain-checkpoint", 2
 
 
 class CheckpointError(OTError, RuntimeError):
@@ -44,40 +46,124 @@ def _t(a, dtype=None):
     return torch.from_numpy(np.ascontiguousarray(a if dtype is None else np.asarray(a, dtype)))
 
 
+# --- the components' sections. The buffer and the receiver own theirs (state_dict /
+# load_state_dict); until every buffer class and the Receiver have those methods, the thin
+# versions below (today's fields) stand in for them. Delete once both are merged.
 def _buffer_state(buf) -> dict:
-    if hasattr(buf, "state_dict"):  # a buffer that owns its section (pairs.PairBuffer)
-        return {**buf.state_dict(), "ended": False}
-    bstate = {"kind": buf.kind, "capacity": buf.capacity, "size": buf.size,
-              "received": buf.received, "served": buf.served, "evicted": buf.evicted,
-              "head": int(getattr(buf, "head", 0)), "ended": False,
-              "rng": buf.rng.bit_generator.state, "keys": _t(buf.keys.copy()),
-              "seen": _t(buf.seen.copy())}
+    if hasattr(buf, "state_dict"):
+        return buf.state_dict()
+    d = {"kind": buf.kind, "capacity": buf.capacity, "size": buf.size,
+         "received": buf.received, "served": buf.served, "evicted": buf.evicted,
+         "batches": buf.batches, "head": int(getattr(buf, "head", 0)),
+         "rng": buf.rng.bit_generator.state, "keys": _t(buf.keys.copy()),
+         "seen": _t(buf.seen.copy())}
     if buf.x is not None:
-        bstate["x"], bstate["y"] = _t(buf.x.copy()), _t(buf.y.copy())
-    return bstate
+        d["x"], d["y"] = _t(buf.x.copy()), _t(buf.y.copy())
+    return d
 
 
-def capture(model, opt, sched, batches: int, rx, buf, cfg) -> dict:
-    """A consistent snapshot (the receiver is paused while its state and the buffer are copied)."""
+def _buffer_load(buf, b: dict):
+    if hasattr(buf, "load_state_dict"):
+        return buf.load_state_dict(b)
+    if b["kind"] != buf.kind or b["capacity"] != buf.capacity:
+        raise CheckpointError(f"the checkpoint has a {b['kind']} buffer of {b['capacity']} "
+                              f"samples, the config a {buf.kind} of {buf.capacity}: resume with "
+                              f"the same [buffer]", None)
+    if "x" in b:
+        buf.x, buf.y = b["x"].numpy().copy(), b["y"].numpy().copy()
+    buf.keys, buf.seen = b["keys"].numpy().copy(), b["seen"].numpy().copy()
+    buf.size, buf.received, buf.served, buf.evicted = \
+        b["size"], b["received"], b["served"], b["evicted"]
+    buf.batches = b.get("batches", buf.batches)
+    if hasattr(buf, "head"):
+        buf.head = b["head"]
+    buf.rng.bit_generator.state = b["rng"]
+
+
+def _receiver_state(rx) -> dict:
+    if hasattr(rx, "state_dict"):
+        return rx.state_dict()
+    seen = np.array(sorted(rx.seen), np.int64).reshape(-1, 2)
+    vkeys = list(rx.val)
+    r = {"seen": _t(seen), "sims_done": sorted(rx.sims_done),
+         "sims_failed": {str(k): v for k, v in rx.sims_failed.items()},
+         "frames": rx.frames, "samples": rx.samples, "duplicates": rx.duplicates,
+         "rejected": rx.rejected, "y_count": rx.y_count,
+         "y_sum": None if rx.y_sum is None else _t(rx.y_sum.copy()),
+         "val_keys": _t(np.array(vkeys, np.int64).reshape(-1, 2))}
+    if vkeys:
+        r["val_x"] = _t(np.stack([rx.val[k][0] for k in vkeys]))
+        r["val_y"] = _t(np.stack([rx.val[k][1] for k in vkeys]))
+    return r
+
+
+def _receiver_load(rx, r: dict):
+    if hasattr(rx, "load_state_dict"):
+        return rx.load_state_dict(r)
+    rx.seen = set(map(tuple, r["seen"].numpy().tolist()))
+    rx.sims_done = set(r["sims_done"])
+    rx.sims_failed = {int(k): v for k, v in r["sims_failed"].items()}
+    rx.frames, rx.samples, rx.duplicates, rx.rejected = \
+        r["frames"], r["samples"], r["duplicates"], r["rejected"]
+    rx.y_count = r["y_count"]
+    rx.y_sum = None if r["y_sum"] is None else r["y_sum"].numpy().copy()
+    vk = r["val_keys"].numpy().tolist()
+    rx.val = {tuple(k): (r["val_x"][i].numpy().copy(), r["val_y"][i].numpy().copy())
+              for i, k in enumerate(vk)}
+
+
+def record_dims(model, in_dim: int, out_dim: int):
+    """Remember the (in, out) sizes a model was built with (saved in the train section)."""
+    model.ot_dims = (int(in_dim), int(out_dim))
+    return model
+
+
+def model_dims(model) -> list[int]:
+    """(in_dim, out_dim) recorded at build time (record_dims), else from the first and last
+    Linear layers; CheckpointError if neither is known."""
+    if getattr(model, "ot_dims", None) is not None:
+        return list(model.ot_dims)
     import torch  # noqa: PLC0415
+    lin = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    if not lin:
+        raise CheckpointError("the model's input and output sizes are unknown (no Linear layer "
+                              "and no record_dims(model, in_dim, out_dim) at build time)", None)
+    return [lin[0].in_features, lin[-1].out_features]
+
+
+def rng_state(device=None) -> dict:
+    """torch's CPU generator and, when the model is on a CUDA device, that device's."""
+    import torch  # noqa: PLC0415
+    d = {"torch": torch.get_rng_state()}
+    if device is not None and getattr(device, "type", "") == "cuda":
+        d["cuda"] = torch.cuda.get_rng_state(device)
+    return d
+
+
+def restore_rng(d: dict, device=None):
+    import torch  # noqa: PLC0415
+    torch.set_rng_state(d["torch"])
+    if "cuda" in d and device is not None and getattr(device, "type", "") == "cuda":
+        torch.cuda.set_rng_state(d["cuda"], device)
+
+
+def capture(model, opt, sched, batches: int, rx, buf, cfg, *, dims=None, pending=(),
+            rank: int = 0, world: int = 1, device=None) -> dict:
+    """A consistent snapshot of one rank (the receiver is paused while its accounting and the
+    buffer are copied). Rank 0's holds the train section (model, optimizer, scheduler: the same on
+    every rank); `pending` are batches drawn from the buffer but not trained yet (the prefetcher's),
+    as (x, y, keys) arrays: a resumed run trains them first."""
     with rx.lock, buf.cond:
-        bstate = _buffer_state(buf)
-        seen = np.array(sorted(rx.seen), np.int64).reshape(-1, 2)
-        vkeys = list(rx.val)
-        recv = {"seen": _t(seen), "sims_done": sorted(rx.sims_done),
-                "sims_failed": {str(k): v for k, v in rx.sims_failed.items()},
-                "frames": rx.frames, "samples": rx.samples, "duplicates": rx.duplicates,
-                "rejected": rx.rejected, "y_count": rx.y_count,
-                "y_sum": None if rx.y_sum is None else _t(rx.y_sum.copy()),
-                "val_keys": _t(np.array(vkeys, np.int64).reshape(-1, 2))}
-        if vkeys:
-            recv["val_x"] = _t(np.stack([rx.val[k][0] for k in vkeys]))
-            recv["val_y"] = _t(np.stack([rx.val[k][1] for k in vkeys]))
-    from .trainer import model_dims  # noqa: PLC0415
-    return {"format": 1, "batches": int(batches), "model": model.state_dict(),
-            "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-            "dims": model_dims(model), "torch_rng": torch.get_rng_state(), "buffer": bstate,
-            "receiver": recv, "config": cfg.to_dict()}
+        sections = {"buffer": _buffer_state(buf), "receiver": _receiver_state(rx)}
+    sections["rng"] = rng_state(device)
+    sections["prefetch"] = {"batches": [{"x": _t(x), "y": _t(y), "keys": _t(k, np.int64)}
+                                        for x, y, k in pending]}
+    if rank == 0:
+        sections["train"] = {"batches": int(batches), "model": model.state_dict(),
+                             "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                             "dims": list(dims) if dims is not None else model_dims(model)}
+    return {"format": FORMAT, "version": VERSION, "batches": int(batches), "ranks": int(world),
+            "rank": int(rank), "config": cfg.to_dict(), "sections": sections}
 
 
 def _fsync_dir(d: Path):
@@ -103,9 +189,23 @@ def write_torch(path, obj) -> None:
     _atomic_write(Path(path), lambda fh: torch.save(obj, fh))
 
 
+def rank_path(main: Path, rank: int) -> Path:
+    """Rank r's file next to the main one: ckpt-<batches>.rank<r>.pt."""
+    return main.with_name(f"{main.stem}.rank{rank}.pt")
+
+
+def _write_verified(path: Path, data) -> None:
+    path.with_suffix(".sha256").unlink(missing_ok=True)  # never pair new data with an old digest
+    _atomic_write(path, lambda fh: fh.write(data))
+    digest = hashlib.sha256(data).hexdigest()
+    _atomic_write(path.with_suffix(".sha256"), lambda fh: fh.write(digest.encode() + b"\n"))
+
+
 def save(out_dir, state: dict, keep: int = 2, final: bool = False) -> Path:
-    """Write `state` as checkpoints/ckpt-<batches>.pt (+ .sha256), keep the newest `keep`.
-    `final` also writes <out_dir>/checkpoint.pt (the trained model, as before)."""
+    """Write one rank's `state` (+ .sha256). Rank 0: checkpoints/ckpt-<batches>.pt, then the
+    newest `keep` are kept (with their rank files); `final` also writes <out_dir>/checkpoint.pt.
+    Rank r > 0: checkpoints/ckpt-<batches>.rank<r>.pt. With N ranks every rank r > 0 writes first
+    and rank 0 last (after a collective), so a main file with its digest commits the checkpoint."""
     import io  # noqa: PLC0415
 
     import torch  # noqa: PLC0415
@@ -114,32 +214,32 @@ def save(out_dir, state: dict, keep: int = 2, final: bool = False) -> Path:
     buf = io.BytesIO()
     torch.save(state, buf)
     data = buf.getbuffer()
-    path = d / f"ckpt-{state['batches']:09d}.pt"
-    path.with_suffix(".sha256").unlink(missing_ok=True)  # never pair new data with an old digest
-    _atomic_write(path, lambda fh: fh.write(data))
-    digest = hashlib.sha256(data).hexdigest()
-    _atomic_write(path.with_suffix(".sha256"), lambda fh: fh.write(digest.encode() + b"\n"))
-    if final:
+    main = d / f"ckpt-{state['batches']:09d}.pt"
+    rank = int(state.get("rank", 0))
+    path = main if rank == 0 else rank_path(main, rank)
+    _write_verified(path, data)
+    if rank == 0 and final:
         _atomic_write(Path(out_dir) / "checkpoint.pt", lambda fh: fh.write(data))
     _fsync_dir(d)
-    for old in list_checkpoints(out_dir)[:-keep]:
-        for p in (old, old.with_suffix(".sha256")):
-            p.unlink(missing_ok=True)
+    if rank == 0:
+        kept = list_checkpoints(out_dir)[-keep:]
+        oldest = int(_NAME.match(kept[0].name)[1]) if kept else 0
+        for p in d.iterdir():
+            m = _ANY.match(p.name)
+            if m and int(m[1]) < oldest:
+                p.unlink(missing_ok=True)
     return path
 
 
 def list_checkpoints(out_dir) -> list[Path]:
-    """Checkpoint files, oldest first."""
+    """Checkpoint files (rank 0's main files), oldest first."""
     d = Path(out_dir) / DIRNAME
     if not d.is_dir():
         return []
     return sorted(p for p in d.iterdir() if _NAME.match(p.name))
 
 
-def load(path) -> dict:
-    """One checkpoint, verified against its sidecar; CheckpointError naming the file if bad."""
-    import torch  # noqa: PLC0415
-    path = Path(path)
+def _read_verified(path: Path) -> bytes:
     side = path.with_suffix(".sha256")
     try:
         data = path.read_bytes()
@@ -150,15 +250,59 @@ def load(path) -> dict:
     if hashlib.sha256(data).hexdigest() != want:
         raise CheckpointError(f"checkpoint {path} is corrupt (SHA-256 does not match {side.name})",
                               str(path))
+    return data
+
+
+def _load_file(path: Path) -> dict:
     import io  # noqa: PLC0415
-    try:
-        ck = torch.load(io.BytesIO(data), weights_only=True)
+
+    import torch  # noqa: PLC0415
+    data = _read_verified(path)
+    try:  # map_location: a checkpoint written on a GPU resumes on the CPU or another GPU
+        ck = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
     except Exception as e:
         raise CheckpointError(f"checkpoint {path} cannot be read: {e}", str(path)) from None
-    if not isinstance(ck, dict) or ck.get("format") != 1:
-        raise CheckpointError(f"checkpoint {path} is not an onlinetrain checkpoint (format 1)",
+    if isinstance(ck, dict) and ck.get("format") == 1:
+        raise CheckpointError(f"checkpoint {path} has format 1 (written before onlinetrain's "
+                              f"checkpoint format 2): this version cannot resume it; start "
+                              f"without --resume, or resume with the onlinetrain that wrote it",
+                              str(path))
+    if not isinstance(ck, dict) or ck.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not an onlinetrain checkpoint", str(path))
+    if ck.get("version") != VERSION:
+        raise CheckpointError(f"checkpoint {path} has version {ck.get('version')!r}; this "
+                              f"onlinetrain reads version {VERSION} (docs/checkpoint.md)",
                               str(path))
     return ck
+
+
+def load(path) -> dict:
+    """One checkpoint (rank 0's view), verified against its sidecar, and every rank file it needs
+    verified too; CheckpointError naming the file if anything is bad or missing."""
+    path = Path(path)
+    ck = _load_file(path)
+    for r in range(1, int(ck["ranks"])):
+        _read_verified(rank_path(path, r))
+    ck["path"] = str(path)
+    return ck
+
+
+def for_rank(ck: dict, rank: int, world: int) -> dict:
+    """The checkpoint as rank `rank` of `world` resumes it: the train section of rank 0's file,
+    its own buffer / receiver / RNG / prefetch sections. Refuses another number of ranks."""
+    if int(ck["ranks"]) != world:
+        raise CheckpointError(f"checkpoint {ck['path']} was written by {ck['ranks']} rank(s), "
+                              f"this run has {world}: resume with {ck['ranks']} rank(s) (each "
+                              f"rank's buffer and accounting are in it), or start afresh "
+                              f"without --resume", ck["path"])
+    if rank == 0:
+        return ck
+    path = rank_path(Path(ck["path"]), rank)
+    mine = _load_file(path)
+    if mine["batches"] != ck["batches"] or mine.get("rank") != rank:
+        raise CheckpointError(f"checkpoint {path} does not belong to {ck['path']}", str(path))
+    sections = {**mine["sections"], "train": ck["sections"]["train"]}
+    return {**ck, "rank": rank, "sections": sections, "rank_path": str(path)}
 
 
 def load_latest(out_dir) -> dict | None:
@@ -166,13 +310,12 @@ def load_latest(out_dir) -> dict | None:
     bad = []
     for path in reversed(list_checkpoints(out_dir)):
         try:
-            ck = load(path)
+            return load(path)
         except CheckpointError as e:
+            if "format 1" in str(e) or "has version" in str(e):
+                raise
             log.warning("%s; trying the previous checkpoint", e)
             bad.append(str(path))
-            continue
-        ck["path"] = str(path)
-        return ck
     if bad:
         raise CheckpointError(f"no usable checkpoint in {Path(out_dir) / DIRNAME}: "
                               f"{', '.join(bad)} are corrupt or incomplete; remove them to start "
@@ -180,49 +323,45 @@ def load_latest(out_dir) -> dict | None:
     return None
 
 
+def receiver_sections(ck: dict) -> list[dict]:
+    """Every rank's receiver section of checkpoint `ck` (rank 0's view), rank 0 first."""
+    if ck is None:
+        return []
+    out = [ck["sections"]["receiver"]] if int(ck.get("rank", 0)) == 0 else \
+        [_load_file(Path(ck["path"]))["sections"]["receiver"]]
+    for r in range(1, int(ck["ranks"])):
+        out.append(_load_file(rank_path(Path(ck["path"]), r))["sections"]["receiver"])
+    return out
+
+
 def fully_received(ck: dict | None) -> set[int]:
-    return set() if ck is None else set(int(i) for i in ck["receiver"]["sims_done"])
+    """Simulations whose every step reached the trainer (any rank) by checkpoint `ck`."""
+    return {int(i) for r in receiver_sections(ck) for i in r["sims_done"]}
 
 
 def restore_stream(ck: dict, rx, buf):
     """Put the receiver's accounting and the buffer back (before the receiver starts)."""
-    r, b = ck["receiver"], ck["buffer"]
-    if not hasattr(buf, "load_state_dict") and (b["kind"] != buf.kind
-                                                or b["capacity"] != buf.capacity):
-        raise CheckpointError(f"checkpoint {ck.get('path')} has a {b['kind']} buffer of "
-                              f"{b['capacity']} samples, the config a {buf.kind} of "
-                              f"{buf.capacity}: resume with the same [buffer]", ck.get("path"))
-    rx.seen = set(map(tuple, r["seen"].numpy().tolist()))
-    rx.sims_done = set(r["sims_done"])
-    rx.sims_failed = {int(k): v for k, v in r["sims_failed"].items()}
-    rx.frames, rx.samples, rx.duplicates, rx.rejected = \
-        r["frames"], r["samples"], r["duplicates"], r["rejected"]
-    rx.y_count = r["y_count"]
-    rx.y_sum = None if r["y_sum"] is None else r["y_sum"].numpy().copy()
-    vk = r["val_keys"].numpy().tolist()
-    rx.val = {tuple(k): (r["val_x"][i].numpy().copy(), r["val_y"][i].numpy().copy())
-              for i, k in enumerate(vk)}
-    if hasattr(buf, "load_state_dict"):
-        buf.load_state_dict(b)
-        return
-    if "x" in b:
-        buf.x, buf.y = b["x"].numpy().copy(), b["y"].numpy().copy()
-    buf.keys, buf.seen = b["keys"].numpy().copy(), b["seen"].numpy().copy()
-    buf.size, buf.received, buf.served, buf.evicted = \
-        b["size"], b["received"], b["served"], b["evicted"]
-    if hasattr(buf, "head"):
-        buf.head = b["head"]
-    buf.rng.bit_generator.state = b["rng"]
+    try:
+        _buffer_load(buf, ck["sections"]["buffer"])
+    except CheckpointError as e:
+        raise CheckpointError(f"checkpoint {ck.get('path')}: {e}", ck.get("path")) from None
+    _receiver_load(rx, ck["sections"]["receiver"])
 
 
-def restore_training(ck: dict, model, opt, sched) -> int:
-    """Model, optimizer, scheduler and torch RNG; returns the batch count."""
-    import torch  # noqa: PLC0415
-    model.load_state_dict(ck["model"])
-    opt.load_state_dict(ck["optimizer"])
-    sched.load_state_dict(ck["scheduler"])
-    torch.set_rng_state(ck["torch_rng"])
-    return int(ck["batches"])
+def pending_batches(ck: dict) -> list[tuple]:
+    """Batches drawn but not trained when the checkpoint was taken, as (x, y, keys) arrays."""
+    return [(b["x"].numpy(), b["y"].numpy(), b["keys"].numpy())
+            for b in ck["sections"].get("prefetch", {}).get("batches", [])]
+
+
+def restore_training(ck: dict, model, opt, sched, device=None) -> int:
+    """Model, optimizer, scheduler and RNG (torch, and CUDA's when on a GPU); the batch count."""
+    t = ck["sections"]["train"]
+    model.load_state_dict(t["model"])
+    opt.load_state_dict(t["optimizer"])
+    sched.load_state_dict(t["scheduler"])
+    restore_rng(ck["sections"]["rng"], device)
+    return int(t["batches"])
 
 
 def trim_metrics(path, batches: int):

@@ -10,48 +10,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import signal
-import sys
+import threading
 
 import click
 
 from . import config as C
-from .errors import OTError
+from .cli_common import Guard as _Guard
 
 log = logging.getLogger("onlinetrain")
-
-
-class _Guard:
-    """Library errors -> ClickException; SIGTERM behaves like Ctrl-C (cleanup runs either way).
-
-    After a real SIGINT/SIGTERM, once the library's cleanup has run, the process ends with
-    os._exit(130): CPython may otherwise still report the caught interrupt as death by SIGINT."""
-
-    def __enter__(self):
-        self.signalled = False
-
-        def on_signal(signum, frame):
-            if self.signalled:
-                return  # one interrupt is enough: let the cleanup finish
-            self.signalled = True
-            raise KeyboardInterrupt
-        self.old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-        return self
-
-    def __exit__(self, etype, exc, tb):
-        for s, h in self.old.items():
-            signal.signal(s, h)
-        if etype is KeyboardInterrupt:
-            click.echo("interrupted; children stopped and shared memory removed", err=True)
-            if self.signalled:
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(130)
-            sys.exit(130)
-        if etype is not None and issubclass(etype, OTError):
-            raise click.ClickException(str(exc)) from exc
-        return False
 
 
 @click.group()
@@ -179,14 +145,15 @@ def train(url, config_path, max_batches, buffer, out_dir, producers, quiet, resu
     """Train the surrogate from frames arriving on a channel."""
     from .runner import attach_study  # noqa: PLC0415
     from .trainer import train as train_fn  # noqa: PLC0415
-    with _Guard():
+    stop = threading.Event()  # the first signal stops the loop between two steps
+    with _Guard(stop_event=stop):
         cfg = C.load(config_path, {"channel.url": url, "train.max_batches": max_batches,
                                    "buffer.kind": buffer, "output.dir": out_dir,
                                    "simulate.producers": producers})
         if cfg.validation.every == 0 and cfg.validation.first_id < 0:
             click.echo("note: no held-out simulations (set validation.every); no val MSE", err=True)
         _report(train_fn(cfg, on_progress=None if quiet else _progress, resume=resume,
-                         finished=attach_study(cfg, resume)))
+                         finished=attach_study(cfg, resume), stop_event=stop))
 
 
 @main.command()
@@ -198,9 +165,11 @@ def train(url, config_path, max_batches, buffer, out_dir, producers, quiet, resu
 def run(config_path, max_batches, out_dir, quiet, resume):
     """Run a whole study on this machine: simulations + training, no scheduler."""
     from .runner import run_study  # noqa: PLC0415
-    with _Guard():
+    stop = threading.Event()  # the first signal stops simulations and training cleanly
+    with _Guard(stop_event=stop):
         cfg = C.load(config_path, {"train.max_batches": max_batches, "output.dir": out_dir})
-        _report(run_study(cfg, on_progress=None if quiet else _progress, resume=resume))
+        _report(run_study(cfg, on_progress=None if quiet else _progress, resume=resume,
+                          stop_event=stop))
 
 
 @main.command()

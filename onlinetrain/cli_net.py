@@ -25,7 +25,7 @@ import click
 @click.option("--ring-mb", type=int, default=64, show_default=True)
 def relay(src, dsts, spread, pin, producers, token_file, connect_timeout, ring_mb):
     """Own ring SRC (shm://NAME) and forward its frames to the trainer ranks DSTS (tcp://HOST:PORT)."""
-    from .cli import _Guard  # noqa: PLC0415
+    from .cli_common import Guard as _Guard  # noqa: PLC0415
     from .relay import run_relay  # noqa: PLC0415
     with _Guard():
         stats = run_relay(src, list(dsts), spread, pin, producers, connect_timeout, ring_mb,

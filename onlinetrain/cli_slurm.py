@@ -14,7 +14,7 @@ import click
 
 
 def _guard():
-    from .cli import _Guard  # noqa: PLC0415
+    from .cli_common import Guard as _Guard  # noqa: PLC0415
     return _Guard()
 
 

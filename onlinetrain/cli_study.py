@@ -100,7 +100,7 @@ def status_text(study_dir) -> str:
 @click.option("--json", "as_json", is_flag=True, help="The ledger as JSON (id -> state).")
 def status(study_dir, as_json):
     """Show a study's ledger (pending / running / done / failed) and training progress."""
-    from .cli import _Guard  # noqa: PLC0415
+    from .cli_common import Guard as _Guard  # noqa: PLC0415
     from .ledger import LedgerError  # noqa: PLC0415
     with _Guard():
         try:

@@ -11,6 +11,8 @@ from __future__ import annotations
 from .errors import OTError
 
 import dataclasses
+import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +32,28 @@ def _check(cond: bool, key: str, value, need: str):
         raise ConfigError(f"{key} = {value!r}: {need}", key, value)
 
 
+_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "list": (list,)}
+_NAMES = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false",
+          "list": "a list"}
+
+
+def _check_types(obj, section: str):
+    """Every field of a config section has its declared type (int, float, str, bool, list); the
+    error names the key, the value and the type expected. Integral floats are not ints; ints are
+    accepted (and converted) where a float is expected; a bool is never a number."""
+    for f in dataclasses.fields(obj):
+        want = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
+        if want not in _TYPES:
+            continue
+        v = getattr(obj, f.name)
+        ok = isinstance(v, _TYPES[want]) and not (want in ("int", "float") and isinstance(v, bool))
+        if not ok:
+            raise ConfigError(f"{section}.{f.name} = {v!r}: expected {_NAMES[want]} "
+                              f"({type(v).__name__} given)", f"{section}.{f.name}", v)
+        if want == "float":
+            setattr(obj, f.name, float(v))
+
+
 @dataclass
 class SolverConfig:
     kind: str = "heat2d"  # heat2d | ks1d | python | program
@@ -43,6 +67,7 @@ class SolverConfig:
     stride: int = 1  # ks1d: solver steps per output frame
 
     def __post_init__(self):
+        _check_types(self, "solver")
         _check(self.kind in ("heat2d", "ks1d", "python", "program"), "solver.kind", self.kind,
                "use heat2d, ks1d, python or program")
         _check(isinstance(self.n, int) and self.n >= 2, "solver.n", self.n, "an integer >= 2")
@@ -82,6 +107,7 @@ class SamplingConfig:
     bounds: list = field(default_factory=lambda: [[100.0, 500.0]] * 5)
 
     def __post_init__(self):
+        _check_types(self, "sampling")
         from .sampler import METHODS, SamplerError, check_bounds  # noqa: PLC0415
         _check(isinstance(self.n_train, int) and self.n_train >= 1, "sampling.n_train",
                self.n_train, "an integer >= 1")
@@ -102,6 +128,7 @@ class ChannelConfig:
     idle_timeout: float = 300.0  # trainer: no frame for this long ends the stream with a warning
 
     def __post_init__(self):
+        _check_types(self, "channel")
         if self.url:
             from .channel import parse_url  # noqa: PLC0415
             try:
@@ -124,6 +151,7 @@ class SimulateConfig:
     worker_timeout: float = 30.0  # a study worker whose heartbeat is older is presumed dead
 
     def __post_init__(self):
+        _check_types(self, "simulate")
         _check(isinstance(self.max_restarts, int) and self.max_restarts >= 0,
                "simulate.max_restarts", self.max_restarts, "an integer >= 0")
         _check(self.simulation_timeout >= 0, "simulate.simulation_timeout",
@@ -150,6 +178,7 @@ class BufferConfig:
     record_arrivals: bool = False  # write arrivals.npy (keys in arrival order) to output.dir
 
     def __post_init__(self):
+        _check_types(self, "buffer")
         _check(self.kind in ("reservoir", "fifo", "firo", "offline"), "buffer.kind", self.kind,
                "use reservoir, fifo, firo or offline")
         _check(isinstance(self.post_stream_batches, int) and self.post_stream_batches >= -1,
@@ -177,6 +206,7 @@ class ModelConfig:
     target: str = "next"  # autoregressive: next (u_t+1) | increment (u_t+1 - u_t)
 
     def __post_init__(self):
+        _check_types(self, "model")
         _check(self.mode in ("field", "autoregressive"), "model.mode", self.mode,
                "use field or autoregressive")
         _check(self.target in ("next", "increment"), "model.target", self.target,
@@ -197,13 +227,16 @@ class TrainConfig:
     max_batches: int = 3000
     val_every: int = 100
     seed: int = 0
-    threads: int = 1
-    device: str = "cpu"
+    threads: int = 0  # torch threads; 0: the cores this process may use (os.sched_getaffinity)
+    device: str = "cpu"  # cpu | cuda | cuda:N (N ranks: each uses cuda:LOCAL_RANK)
+    amp: str = "none"  # none | bf16 (autocast the forward pass to bfloat16)
+    compile: bool = False  # torch.compile the model (slow to start, on CPU especially)
     checkpoint_every: int = 0  # batches between resumable checkpoints (0: only at exit)
     keep_checkpoints: int = 2  # resumable checkpoints kept in <output.dir>/checkpoints
     unroll: int = 1  # autoregressive: model steps the loss unrolls (windows of unroll + 1 steps)
 
     def __post_init__(self):
+        _check_types(self, "train")
         _check(isinstance(self.unroll, int) and self.unroll >= 1, "train.unroll", self.unroll,
                "an integer >= 1")
         _check(isinstance(self.checkpoint_every, int) and self.checkpoint_every >= 0,
@@ -217,7 +250,21 @@ class TrainConfig:
                self.lr_milestones, "a list of positive batch counts")
         _check(self.max_batches >= 1, "train.max_batches", self.max_batches, ">= 1")
         _check(self.val_every >= 1, "train.val_every", self.val_every, ">= 1")
-        _check(self.threads >= 1, "train.threads", self.threads, ">= 1")
+        _check(self.threads >= 0, "train.threads", self.threads,
+               ">= 1, or 0 for the cores this process may use")
+        _check(bool(re.fullmatch(r"cpu|cuda(:[0-9]+)?", self.device)), "train.device",
+               self.device, 'use "cpu", "cuda" or "cuda:N"')
+        _check(self.amp in ("none", "bf16"), "train.amp", self.amp, 'use "none" or "bf16"')
+        _check(self.keep_checkpoints >= 1, "train.keep_checkpoints", self.keep_checkpoints, ">= 1")
+
+    def resolved_threads(self) -> int:
+        """train.threads, or (0) the number of cores this process may run on."""
+        if self.threads:
+            return self.threads
+        try:
+            return max(1, len(os.sched_getaffinity(0)))
+        except (AttributeError, OSError):  # no sched_getaffinity (macOS)
+            return max(1, os.cpu_count() or 1)
 
 
 @dataclass
@@ -227,6 +274,7 @@ class ValidationConfig:
     end_id: int = -1  # ot run: ... and < end_id (-1: no end); redrawn sets come after it
 
     def __post_init__(self):
+        _check_types(self, "validation")
         _check(self.every >= 0, "validation.every", self.every, ">= 0")
 
     def is_validation(self, sim_id: int) -> bool:
@@ -242,6 +290,7 @@ class OutputConfig:
     name: str = "study"  # study name: prefix of shm segments
 
     def __post_init__(self):
+        _check_types(self, "output")
         from .channel import _NAME  # noqa: PLC0415
         _check(bool(_NAME.match(self.name)), "output.name", self.name,
                "letters, digits, '.', '-', '_' only")
@@ -259,6 +308,7 @@ class SlurmConfig:
     poll: float = 1.0  # seconds between squeue polls (semiglobal)
 
     def __post_init__(self):
+        _check_types(self, "slurm")
         _check(self.mode in ("global", "semiglobal"), "slurm.mode", self.mode,
                "use global or semiglobal")
         _check(isinstance(self.job_limit, int) and self.job_limit >= 1, "slurm.job_limit",

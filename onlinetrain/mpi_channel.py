@@ -111,7 +111,7 @@ class MpiConsumer:
 
     def dist_env(self):
         """The DDP rendezvous of the trainer ranks (trainer 0 picks it, point-to-point to others)."""
-        from .ddp import DistEnv  # noqa: PLC0415
+        from .distenv import DistEnv  # noqa: PLC0415
         MPI = _mpi()
         msg = np.zeros(256, np.uint8)
         if self.index == 0:

@@ -103,6 +103,10 @@ class PairBuffer:
     def __len__(self):
         return len(self.inner)
 
+    def arrivals(self) -> np.ndarray:
+        """Windows' keys (sim, first step) in the order they were formed (inner record=True)."""
+        return self.inner.arrivals()
+
     def stats(self) -> dict:
         return {**self.inner.stats(), "kind": self.kind, "pair_gaps": self.gaps,
                 "windows": self.windows, "held": len(self._held)}

@@ -77,7 +77,8 @@ def new_study(cfg, out: Path) -> list[dict]:
     return sets
 
 
-def run_study(cfg, on_progress=None, resume: bool = False) -> dict:
+def run_study(cfg, on_progress=None, resume: bool = False, stop_event=None) -> dict:
+    """`stop_event`: set it to stop simulations and training cleanly (exit checkpoint)."""
     t0 = time.monotonic()
     out = Path(cfg.output.dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -88,10 +89,10 @@ def run_study(cfg, on_progress=None, resume: bool = False) -> dict:
         raise LedgerError(f"nothing to resume in {out} (no ledger.jsonl): run without --resume",
                           str(out / "ledger.jsonl"))
     with trainer_lock(out):
-        return _run_locked(cfg, out, t0, on_progress, resume)
+        return _run_locked(cfg, out, t0, on_progress, resume, stop_event)
 
 
-def _run_locked(cfg, out: Path, t0: float, on_progress, resume: bool) -> dict:
+def _run_locked(cfg, out: Path, t0: float, on_progress, resume: bool, stop_event=None) -> dict:
     url = cfg.channel_url
     u = parse_url(url)
     if u.scheme == "shm":
@@ -104,7 +105,7 @@ def _run_locked(cfg, out: Path, t0: float, on_progress, resume: bool) -> dict:
     except BaseException:
         consumer.close()
         raise
-    stop = threading.Event()
+    stop = stop_event or threading.Event()
     sim_box: dict = {}
 
     def simulate():

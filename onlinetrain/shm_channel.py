@@ -80,7 +80,7 @@ class RingProducer:
         self.ptime = f2u(proc_start(self.pid))
         self.producer_id = int.from_bytes(os.urandom(7), "little")
         self._enc = fr.Encoder()
-        self._last = (None,) * 12  # layout of the previous frame (see _layout)
+        self._last = (None,) * 12 + ((None, None, None),)  # the previous frame's (see _layout)
         self._limit = 0  # read_pos + capacity as last seen (a lower bound of the true one)
         self._next_check = time.monotonic() + CONSUMER_CHECK_S
         self.test_hook_after_reserve = None  # tests widen the crash window with this
@@ -201,6 +201,7 @@ class RingProducer:
         frame header, header length, tail, params object, destination view, its item size).
         A 1-d array is copied through a view of the ring typed like it (any strides, cheaper than
         a byte cast; item size k); others as bytes (k = 1); k = 0: no bytes at all.
+        Then (global_shape, offset, meta) as given.
         Returns (layout, array): the array made C-contiguous little-endian if it was not."""
         hdr, arr = self._enc.prepare(f)  # validates before anything is reserved
         p = f.params
@@ -218,10 +219,12 @@ class RingProducer:
         dst, k = (dst, arr.itemsize) if dst is not None else (self.seg.data, 1)
         if not arr.nbytes:
             dst, k = None, 0  # nothing to copy (and no byte cast of a zero-size n-d array)
+        box = (f.global_shape, f.offset, f.meta)
         lay = (arr.shape, arr.dtype, f.name, f.kind, pb, hdr[:_IDS_AT], st, len(hdr), tail, p,
-               dst, k)
-        if pb is not None and arr is f.array:
-            self._last = lay
+               dst, k, box)
+        if pb is not None and arr is f.array and type(box[2]) is bytes and \
+                all(v is None or type(v) is tuple for v in box[:2]):
+            self._last = lay  # (immutable box and meta only: compared, never trusted)
         return lay, arr
 
     def put(self, f: fr.Frame, timeout: float | None = None) -> None:
@@ -231,13 +234,16 @@ class RingProducer:
             self._ready()
             seg = self.seg
         # fast path: the frame looks like the previous one (same array layout, name, kind, the
-        # same params object with the same values), so its header is the previous one's but for
-        # the ids
+        # same params object with the same values, the same box and metadata), so its header is the
+        # previous one's but for the ids
         arr, p, lay = f.array, f.params, self._last
         fast = False
         if type(arr) is _NDARRAY and arr.shape == lay[0] and arr.dtype is lay[1] and \
                 p is lay[9] and p.dtype is _F8 and f.name == lay[2] and f.kind == lay[3] and \
-                p.tobytes() == lay[4]:
+                p.tobytes() == lay[4] and type(m := f.meta) is bytes and m == (b := lay[12])[2] and \
+                (f.offset is None if b[1] is None else type(o := f.offset) is tuple and o == b[1]) \
+                and (f.global_shape is None if b[0] is None else
+                     type(g := f.global_shape) is tuple and g == b[0]):
             if lay[11] != 1:  # 1-d: typed copy, any strides; or no bytes at all
                 src, fast = arr, True
             elif (src := arr.data).c_contiguous:

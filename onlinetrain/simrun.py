@@ -31,7 +31,7 @@ def generator(solver: dict, params):
         for k, u in ks1d.solve(params, n=solver.get("n", 128), steps=solver.get("steps", 100), **kw):
             yield k, u.astype(np.float32)
         return
-    from .surrogate import import_function  # noqa: PLC0415
+    from .imports import import_function  # noqa: PLC0415
     yield from import_function(solver["function"])(params)
 
 

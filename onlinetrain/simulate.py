@@ -32,7 +32,7 @@ import numpy as np
 
 from . import frame as fr
 from .channel import open_producer
-from .client import ENV_PROGRESS
+from .client import ENV_PROGRESS, sim_end_sent
 from .procs import describe_exit, spawn, terminate, wait_any
 
 log = logging.getLogger(__name__)
@@ -188,10 +188,12 @@ def run_simulations(sets: list[dict] | None, solver, url: str, concurrency: int 
             for sid in wait_any({k: r.proc for k, r in running.items()}, poll):
                 r = running.pop(sid)
                 code = r.proc.wait()
-                if code == 0:
-                    _notify(producer, fr.SIM_END, sid, "end")  # in case the program did not
+                if code == 0 and sim_end_sent(r.progress_path):
                     source.done(sid)
                     res.done.append(sid)
+                elif code == 0:  # its data cannot be checked complete without the SIM_END counts
+                    crashed(sid, r.params, "exited with status 0 but sent no SIM_END (end it with "
+                                           "client finalize / ot_finalize)")
                 else:
                     crashed(sid, r.params, describe_exit(code))
                 if on_exit:

@@ -233,7 +233,7 @@ class Driver:
         while True:
             self._start_trainer(trainer_attempt, ck)
             if ck is not None:  # given up after the checkpoint: tell the new trainer again
-                known = {int(k) for k in ck["receiver"]["sims_failed"]}
+                known = {int(k) for k in ck["sections"]["receiver"]["sims_failed"]}
                 for sid in sorted(set(self.failed) - known):
                     self._notify(fr.SIM_FAILED, sid, self.failed[sid])
             code = self._run_sims(pending, params)
@@ -305,8 +305,7 @@ class Driver:
                 attempt = self.tries[sid]
                 if ok:
                     self.done.append(sid)
-                    self.rec.attempt(sid, attempt, "done")
-                    self._notify(fr.SIM_END, sid, "end")
+                    self.rec.attempt(sid, attempt, "done")  # its own SIM_END carries the counts
                     continue
                 self.fails[sid] = self.fails.get(sid, 0) + 1
                 if self.fails[sid] <= s.max_restarts:

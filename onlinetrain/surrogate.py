@@ -12,8 +12,6 @@ the MSE reported by the trainer is in units of (100 K)^2 (multiply by 1e4 for K^
 """
 from __future__ import annotations
 
-import importlib
-
 import numpy as np
 
 T_CENTER, T_HALF_RANGE, T_SCALE = 300.0, 200.0, 100.0
@@ -41,16 +39,3 @@ def build_mlp(in_dim: int, out_dim: int, cfg):
         mods += [nn.Linear(a, b), nn.ReLU()]
     mods.append(nn.Linear(dims[-1], out_dim))
     return nn.Sequential(*mods)
-
-
-def import_function(spec: str):
-    """'package.module:function' -> the function, with a clear error if it is not there."""
-    mod, _, fn = spec.partition(":")
-    try:
-        obj = getattr(importlib.import_module(mod), fn)
-    except (ImportError, AttributeError) as e:
-        raise ValueError(f"cannot import {spec!r}: {e}; give 'package.module:function' of an "
-                         f"importable module") from None
-    if not callable(obj):
-        raise ValueError(f"{spec!r} is not callable")
-    return obj

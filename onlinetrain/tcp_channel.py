@@ -38,7 +38,7 @@ from .tcp_producer import _tune
 
 log = logging.getLogger(__name__)
 
-MAX_HEADER = fr.header_size(fr.MAX_NDIM, fr.MAX_PARAMS, fr.MAX_NAME)
+MAX_HEADER = fr.MAX_HEADER
 
 
 # Large payloads are read with a receive low-watermark (SO_RCVLOWAT): the kernel wakes the reader

@@ -1,35 +1,43 @@
-"""The online trainer: drain a channel into a training buffer and train a torch model from it.
+"""The training loop: ONE loop for 1..N ranks, fed through a training buffer by a receiving thread.
 
-A receiving thread takes frames from the channel (shm ring or TCP), turns each DATA frame into an
-(input, target) sample with the configured adapter, routes held-out simulations to the validation
-set (they never enter the buffer) and the rest into the buffer. The training loop draws batches,
-halves the learning rate at the configured batch counts, validates every `val_every` batches and
-writes metrics as JSON lines; at the end it writes a checkpoint (state_dicts plus the config).
+Each rank has its own channel, Receiver (frames -> adapter -> buffer / validation set) and buffer,
+so every rank trains on different simulations. A prefetch thread (prefetch.py) assembles the next
+batch while the current one trains. Each step the ranks agree, in one small all-reduce on the
+model's device, whether every rank can contribute: a rank whose stream ended and whose buffer is
+exhausted contributes an empty batch, a rank still waiting makes everyone wait (a batch it drew
+is kept for the next step), and the run ends when every rank is exhausted, at
+`train.max_batches`, or when any rank stops (signal: exit checkpoint) or fails. The loss is the sum
+of per-sample errors over the global batch divided by its size, so DDP's gradient average equals
+the gradient of one rank training on the union of the batches; with one rank there is no process
+group and no per-step host sync (`.item()` only at logging points). Rank 0 writes metrics.jsonl and
+summary.json; every rank writes its part of each checkpoint (docs/checkpoint.md).
 
-    summary = train(cfg)                       # cfg: onlinetrain.config.Config
-    summary["val_mse"], summary["mean_field_mse"]
+    summary = train(cfg)                      # ot train / ot run: channel, receiver, loop
+    summary = fit(buf, cfg, rx=rx)            # the same loop fed from a given buffer (benchmarks)
+    summary["val_mse"], summary["mean_field_mse"], summary["data_wait_frac"]
 
-Duplicated (simulation, time step) pairs are dropped and counted; malformed frames and samples the
-adapter rejects are logged and counted, never fatal.
+`stop_event`: set it (the CLI does, on SIGINT / SIGTERM) and the loop stops between two steps,
+writes an exit checkpoint and raises KeyboardInterrupt; `--resume` continues from there.
 """
 from __future__ import annotations
 
-from .errors import OTError
-
 import json
 import logging
+import os
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
-from . import ar, checkpoint
-from . import frame as fr
+from . import ar, checkpoint, ddp
 from .channel import open_consumer
+from .config import ConfigError
+from .errors import OTError
+from .imports import import_function
+from .prefetch import Prefetcher
 from .reservoir import make_buffer
-from .shm_channel import Empty
-from .surrogate import import_function
+from .receiver import Receiver
 
 log = logging.getLogger(__name__)
 
@@ -40,289 +48,415 @@ class TrainError(OTError, RuntimeError):
         self.value = value
 
 
-class Receiver(threading.Thread):
-    """Moves frames from the channel to the buffer / validation set; accounts for everything."""
-
-    def __init__(self, consumer, buffer, cfg, adapter, expected_sims: int | None = None,
-                 finished=None):
-        super().__init__(name="ot-receiver", daemon=True)
-        self.consumer, self.buffer, self.cfg, self.adapter = consumer, buffer, cfg, adapter
-        self.expected_sims = expected_sims
-        self.finished = finished  # study mode: fn(receiver) -> True once the ledger says all ended
-        self.lock = threading.Lock()  # held while a frame is accounted for (checkpoint.capture)
-        self.stop_event = threading.Event()
-        self.seen: set[tuple[int, int]] = set()
-        self.val: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
-        self.sims_done: set[int] = set()
-        self.sims_failed: dict[int, str] = {}
-        self.stream_ends = 0
-        self.frames = self.samples = self.duplicates = self.rejected = 0
-        self.y_sum = None
-        self.y_count = 0
-        self.error: BaseException | None = None
-        self.last_frame = time.monotonic()
-
-    @property
-    def stream_ended(self) -> bool:
-        if self.stream_ends >= self.cfg.simulate.producers:
-            return True
-        if self.finished is not None:
-            return self.finished(self)
-        ended = len(self.sims_done | set(self.sims_failed))
-        return self.expected_sims is not None and ended >= self.expected_sims
-
-    def run(self):
-        try:
-            while not self.stop_event.is_set() and not self.stream_ended:
-                try:
-                    # zero-copy where the channel offers it (shm ring): the adapter's output is
-                    # copied into the buffer / validation set, then the slot is released
-                    frames = self.consumer.get_many(256, timeout=0.2, copy=False)
-                except Empty:
-                    idle = time.monotonic() - self.last_frame
-                    if idle > self.cfg.channel.idle_timeout:
-                        log.warning("no frame for %.0f s (channel.idle_timeout): ending the stream "
-                                    "with %d simulations done", idle, len(self.sims_done))
-                        break
-                    continue
-                except fr.FrameError as e:
-                    self.rejected += 1
-                    log.warning("rejected a malformed frame: %s", e)
-                    continue
-                self.last_frame = time.monotonic()
-                try:
-                    for f in frames:
-                        with self.lock:
-                            self.handle(f)
-                        if hasattr(f, "release"):
-                            f.release()
-                finally:  # on an error too: every slot / receive buffer of the batch goes back
-                    for f in frames:
-                        if hasattr(f, "release"):
-                            f.release()  # a second release is a no-op
-        except BaseException as e:  # surfaced by the training loop
-            self.error = e
-        finally:
-            self.buffer.end_stream()
-
-    def handle(self, f: fr.Frame):
-        self.frames += 1
-        if f.kind == fr.STREAM_END:
-            self.stream_ends += 1
-            return
-        if f.kind == fr.SIM_END:
-            self.sims_done.add(f.sim_id)
-            self.sims_failed.pop(f.sim_id, None)  # it failed, was restarted and finished
-            return
-        if f.kind == fr.SIM_FAILED:
-            if f.sim_id in self.sims_done:  # an attempt's late report; another one finished it
-                log.info("simulation %d: failure report after it completed (%s); ignored",
-                         f.sim_id, f.name)
-                return
-            self.sims_failed[f.sim_id] = f.name
-            log.warning("simulation %d failed: %s", f.sim_id, f.name)
-            return
-        if f.key in self.seen:
-            self.duplicates += 1
-            return
-        try:
-            x, y = self.adapter(f, self.cfg)
-            x = np.asarray(x, np.float32).reshape(-1)
-            y = np.asarray(y, np.float32).reshape(-1)
-        except Exception as e:  # a user adapter may raise anything: count and go on
-            self.rejected += 1
-            log.warning("adapter rejected frame (sim %d, step %d): %s", f.sim_id, f.time_step, e)
-            return
-        if self.cfg.validation.is_validation(f.sim_id):
-            self.seen.add(f.key)
-            self.samples += 1
-            self.val[f.key] = (x.copy(), y.copy())  # x, y may view the channel's memory
-            return
-        if self.y_sum is None:
-            self.y_sum = np.zeros_like(y, dtype=np.float64)
-        if y.shape != self.y_sum.shape:
-            self.rejected += 1
-            log.warning("frame (sim %d, step %d) has %d target values, earlier frames had %d",
-                        f.sim_id, f.time_step, y.size, self.y_sum.size)
-            return
-        while not self.buffer.put(x, y, f.key, timeout=0.05):
-            if self.stop_event.is_set():
-                return
-            self.lock.release()  # buffer full: let a checkpoint in while we wait
-            try:
-                time.sleep(0.01)
-            finally:
-                self.lock.acquire()
-        # accounted for once in the buffer: a checkpoint taken while we waited stays consistent
-        self.seen.add(f.key)
-        self.samples += 1
-        self.y_sum += y
-        self.y_count += 1
-
-
 def _validate(model, val, device) -> float | None:
+    """Mean over samples of the per-sample MSE on `val`, a list of (x, y) pairs."""
     import torch  # noqa: PLC0415
     if not val:
         return None
-    xs = np.stack([v[0] for v in val.values()])
-    ys = np.stack([v[1] for v in val.values()])
+    xs = np.stack([v[0] for v in val])
+    ys = np.stack([v[1] for v in val])
     total = 0.0
     with torch.no_grad():
         for i in range(0, len(xs), 1024):
             x = torch.from_numpy(xs[i:i + 1024]).to(device)
             y = torch.from_numpy(ys[i:i + 1024]).to(device)
-            total += float(((model(x) - y) ** 2).mean(dim=1).sum())
+            total += float(((model(x).float() - y) ** 2).mean(dim=1).sum())
     return total / len(xs)
 
 
-def _validation(mode, model, val, device) -> dict:
-    """{"val_mse": ...}; autoregressive mode adds the rollout's figures (rollout.py)."""
-    return mode.validate(model, val, device) if mode else {"val_mse": _validate(model, val, device)}
+def _val_items(rx) -> list:
+    """A snapshot of the validation set, taken under the receiver's lock (it inserts meanwhile)."""
+    if rx is None:
+        return []
+    with rx.lock:
+        return list(rx.val.values())
+
+
+def resolve_device(cfg, env=None):
+    """The torch device of this rank; ConfigError (one line) for a device this torch cannot use.
+    With several ranks on CUDA each rank uses cuda:LOCAL_RANK."""
+    import torch  # noqa: PLC0415
+    spec = cfg.train.device
+    if not spec.startswith("cuda"):
+        return torch.device(spec)
+    if not torch.cuda.is_available():
+        raise ConfigError(f"train.device = {spec!r}: this torch ({torch.__version__}) sees no CUDA "
+                          f"device; use \"cpu\", or a CUDA build of torch on a GPU machine",
+                          "train.device", spec)
+    n = torch.cuda.device_count()
+    world = env.world if env is not None else 1
+    if world > 1 or spec == "cuda":  # N ranks: one GPU each, cuda:LOCAL_RANK
+        idx = env.local_rank if env is not None else 0
+    else:
+        idx = int(spec.partition(":")[2])
+    if idx >= n:
+        raise ConfigError(f"train.device = {spec!r}: only {n} CUDA device(s) are visible "
+                          f"(cuda:0..cuda:{n - 1}; CUDA_VISIBLE_DEVICES="
+                          f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')})", "train.device",
+                          spec)
+    dev = torch.device("cuda", idx)
+    torch.cuda.set_device(dev)
+    return dev
 
 
 def train(cfg, consumer=None, expected_sims: int | None = None, on_progress=None,
           stop_event: threading.Event | None = None, resume: bool = False,
-          finished=None) -> dict:
-    """Train from `consumer` (default: create cfg's channel) until the stream ends and the buffer
-    is exhausted, or `train.max_batches`. Returns the summary dict (also written to summary.json).
-    `resume`: continue from the newest good checkpoint in output.dir (docs/fault-tolerance.md);
-    `finished`: the study's end condition, fn(receiver) -> bool (ledger.StudyDone)."""
+          finished=None, env: ddp.DistEnv | None = None) -> dict:
+    """Train from `consumer` (default: this rank's channel of cfg) until the stream ends and the
+    buffer is exhausted, or `train.max_batches`. Returns the summary (rank 0 also writes
+    summary.json). `resume`: continue from the newest good checkpoint in output.dir
+    (docs/checkpoint.md); `finished`: the study's end condition, fn(receiver) -> bool; `env`: this
+    rank (default: from torchrun / Slurm variables, or the MPI job for mpi:// channels)."""
     import torch  # noqa: PLC0415
-
-    from . import ddp  # noqa: PLC0415
-    if ddp.wants_distributed(cfg):  # several ranks (torchrun, srun) or an MPI channel
-        if cfg.model.mode == "autoregressive":
-            raise TrainError("model.mode = 'autoregressive' trains on one rank for now: run "
-                             "without torchrun/srun or an mpi:// channel", cfg.model.mode)
-        return ddp.train(cfg, consumer, expected_sims, on_progress, stop_event)
-    t0 = time.monotonic()
-    torch.manual_seed(cfg.train.seed)
-    torch.set_num_threads(cfg.train.threads)
     out = Path(cfg.output.dir)
     out.mkdir(parents=True, exist_ok=True)
-    adapter = import_function(cfg.model.adapter)
-    builder = import_function(cfg.model.builder)
-    buf = make_buffer(cfg.buffer.kind, cfg.buffer.capacity, cfg.buffer.watermark, cfg.buffer.seed,
-                      post_stream_batches=cfg.buffer.post_stream_batches,
-                      epochs=cfg.buffer.epochs, record=cfg.buffer.record_arrivals)
+    adapter = import_function(cfg.model.adapter, "model.adapter")
+    builder = import_function(cfg.model.builder, "model.builder")
     mode = ar.training_mode(cfg, adapter)  # autoregressive: windows, rollout validation (ar.py)
-    if mode is not None:
-        adapter, buf = mode.adapter, mode.wrap(buf)
     own = consumer is None
-    if own:
-        consumer = open_consumer(cfg.channel_url, capacity=cfg.channel.ring_mb << 20,
-                                 study_dir=cfg.output.dir)  # tcp: secret.token lives there
-    rx = Receiver(consumer, buf, cfg, adapter, expected_sims, finished)
-    device = torch.device(cfg.train.device)
-    model = opt = sched = None
-    batches, loss_acc, loss_n = 0, 0.0, 0
-
-    def make(in_dim, out_dim):
-        m = (mode.build(builder, in_dim, out_dim) if mode else builder(in_dim, out_dim, cfg))
-        m = m.to(device)
-        o = torch.optim.Adam(m.parameters(), lr=cfg.train.lr)
-        return m, o, torch.optim.lr_scheduler.MultiStepLR(o, cfg.train.lr_milestones,
-                                                           cfg.train.lr_gamma)
-
-    # --- resume (checkpoint.py): accounting, buffer, model, optimizer, RNG, batch count ---
-    ck = checkpoint.load_latest(out) if resume else None
-    if ck is not None:
-        checkpoint.restore_stream(ck, rx, buf)
-        model, opt, sched = make(*ck["dims"])
-        batches = checkpoint.restore_training(ck, model, opt, sched)
-        checkpoint.trim_metrics(out / "metrics.jsonl", batches)
-        log.warning("resumed from %s at batch %d (%d samples, %d simulations fully received)",
-                    ck["path"], batches, rx.samples, len(rx.sims_done))
-    rx.start()
-    metrics = open(out / "metrics.jsonl", "a" if ck is not None else "w")
-
-    def save_checkpoint(final=False, summary=None):
-        state = checkpoint.capture(model, opt, sched, batches, rx, buf, cfg)
-        if summary is not None:
-            state["summary"] = summary
-        checkpoint.save(out, state, cfg.train.keep_checkpoints, final=final)
-    val_mse = None
+    created, rx = False, None
     try:
-        while batches < cfg.train.max_batches:
-            if stop_event is not None and stop_event.is_set():
-                raise KeyboardInterrupt
-            b = buf.get_batch(cfg.train.batch_size, timeout=0.2)
-            if rx.error is not None:
-                raise TrainError(f"receiver failed: {rx.error}") from rx.error
-            if b is None:
-                if buf.exhausted:
-                    break
-                continue
-            if model is None:
-                model, opt, sched = make(*(mode.dims() if mode else (b.x.shape[1], b.y.shape[1])))
-            if mode is not None:
-                loss = mode.loss(model, b, device)
-            else:
-                x, y = torch.from_numpy(b.x).to(device), torch.from_numpy(b.y).to(device)
-                loss = torch.nn.functional.mse_loss(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            batches += 1
-            loss_acc += loss.item()
-            loss_n += 1
-            if cfg.train.checkpoint_every and batches % cfg.train.checkpoint_every == 0:
-                save_checkpoint()
-            if batches % cfg.train.val_every == 0:
-                val = _validation(mode, model, rx.val, device)
-                val_mse = val["val_mse"]
-                m = {"batch": batches, "time": round(time.monotonic() - t0, 3),
-                     "lr": sched.get_last_lr()[0], "train_loss": loss_acc / loss_n,
-                     "val_mse": val_mse, "samples": rx.samples, "buffer": len(buf),
-                     "sims_done": len(rx.sims_done), "duplicates": rx.duplicates, **val}
-                loss_acc, loss_n = 0.0, 0
-                metrics.write(json.dumps(m) + "\n")
-                metrics.flush()
-                if on_progress:
-                    on_progress(m)
-        rx.stop_event.set()
-        rx.join(timeout=5)
-        if model is None:
-            raise TrainError(f"no training sample arrived on {cfg.channel_url} "
-                             f"({rx.frames} frames, {rx.rejected} rejected): is a simulation running "
-                             f"and sending to this channel?")
-        val = _validation(mode, model, rx.val, device)
-        val_mse = val["val_mse"]
-        mean_field = None
-        if rx.val and rx.y_count:
-            mean_y = (rx.y_sum / rx.y_count).astype(np.float32)
-            ys = np.stack([v[1] for v in rx.val.values()])
-            mean_field = float(((ys - mean_y) ** 2).mean())
-        summary = {"val_mse": val_mse, "mean_field_mse": mean_field, "batches": batches,
-                   "samples_received": rx.samples, "validation_samples": len(rx.val),
-                   "duplicates_dropped": rx.duplicates, "frames_rejected": rx.rejected,
-                   "sims_done": len(rx.sims_done), "sims_failed": len(rx.sims_failed),
-                   "buffer": buf.stats(), "wall_s": round(time.monotonic() - t0, 3),
-                   "abandoned_slots": getattr(consumer, "abandoned", 0), **val}
-        save_checkpoint(final=True, summary=summary)  # also <out>/checkpoint.pt
-        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        if cfg.buffer.record_arrivals:
-            np.save(out / "arrivals.npy", buf.arrivals())
-        return summary
-    except KeyboardInterrupt:
-        if model is not None:  # exit checkpoint: `--resume` continues from here
+        if own and cfg.channel_url.startswith("mpi://") and env is None:
+            consumer = open_consumer(cfg.channel_url)
+            env = consumer.dist_env()
+            cfg.simulate.producers = consumer.n_producers  # every simulate rank ends once
+        env = env or ddp.env_from(os.environ)
+        if mode is not None and env.world > 1:
+            raise TrainError("model.mode = 'autoregressive' trains on one rank for now: run "
+                             "without torchrun / srun or an mpi:// channel", env.world)
+        if env.world > 1 and finished is not None:
+            raise TrainError(f"{out} is a study (ledger.jsonl): its end condition needs every "
+                             f"simulation's data in one trainer, and this run has {env.world} "
+                             f"ranks; train a study with one rank (ot run, or ot train without "
+                             f"torchrun / srun)", env.world)
+        device = resolve_device(cfg, env)
+        torch.manual_seed(cfg.train.seed)
+        torch.set_num_threads(cfg.train.resolved_threads())
+        ck = checkpoint.load_latest(out) if resume else None
+        if ck is not None:
+            ck = checkpoint.for_rank(ck, env.rank, env.world)
+        if consumer is None:
+            consumer = open_consumer(ddp.rank_url(cfg.channel_url, env),
+                                     capacity=cfg.channel.ring_mb << 20,
+                                     study_dir=cfg.output.dir)  # tcp: secret.token lives there
+        if getattr(consumer, "port", None) is not None:  # port 0 listeners: tell the producers
+            (out / f"endpoint-rank{env.rank}").write_text(f"tcp://{consumer.host}:{consumer.port}\n")
+        if env.world > 1:
+            created = ddp.init_group(env, ddp.backend_for(device),
+                                     float(os.environ.get("OT_DIST_TIMEOUT", "300")))
+        buf = make_buffer(cfg.buffer.kind, cfg.buffer.capacity, cfg.buffer.watermark,
+                          cfg.buffer.seed + env.rank,
+                          post_stream_batches=cfg.buffer.post_stream_batches,
+                          epochs=cfg.buffer.epochs, record=cfg.buffer.record_arrivals)
+        if mode is not None:
+            adapter, buf = mode.adapter, mode.wrap(buf)
+        rx = Receiver(consumer, buf, cfg, adapter, expected_sims, finished)
+        if ck is not None:
+            checkpoint.restore_stream(ck, rx, buf)
+        rx.start()
+        return fit(buf, cfg, rx=rx, builder=builder, device=device, env=env, ck=ck,
+                   on_progress=on_progress, stop_event=stop_event, consumer=consumer, mode=mode)
+    finally:
+        if rx is not None:
             rx.stop_event.set()
             rx.join(timeout=5)
-            save_checkpoint()
-        raise
-    finally:
-        rx.stop_event.set()
-        metrics.close()
-        rx.join(timeout=5)
-        if own:
+        if created:
+            ddp.destroy_group()
+        if own and consumer is not None:
             consumer.close()
 
 
-def model_dims(model) -> list[int]:
-    """(in_dim, out_dim) of a model built by a builder, from its first and last Linear layers."""
+def fit(buf, cfg, *, rx=None, builder=None, device=None, env: ddp.DistEnv | None = None,
+        ck: dict | None = None, on_progress=None, stop_event=None, consumer=None,
+        mode=None) -> dict:
+    """The training loop on `buf` (already being filled, or filled and ended). `rx`: the Receiver
+    filling it (validation, accounting, checkpoints; without one there is no validation and no
+    checkpoint). `env` with world > 1 needs the process group initialised (ddp.init_group). `mode`: ar.Autoregressive in that mode."""
     import torch  # noqa: PLC0415
-    if getattr(model, "dims", None) is not None:  # e.g. models.build_conv1d's (no Linear)
-        return list(model.dims)
-    lin = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    return [lin[0].in_features, lin[-1].out_features] if lin else []
+    env = env or ddp.DistEnv()
+    if device is None:
+        device = resolve_device(cfg, env)
+    if builder is None:
+        builder = import_function(cfg.model.builder, "model.builder")
+    torch.set_num_threads(cfg.train.resolved_threads())
+    return _Loop(cfg, buf, rx, builder, device, env, ck, on_progress, stop_event, consumer,
+                 mode).run()
+
+
+class _Loop:
+    """The loop's state; run() is the loop. Ranks agree on every decision (see the module doc)."""
+
+    def __init__(self, cfg, buf, rx, builder, device, env, ck, on_progress, stop_event,
+                 consumer, mode=None):
+        self.mode = mode
+        self.cfg, self.buf, self.rx, self.builder, self.device, self.env = \
+            cfg, buf, rx, builder, device, env
+        self.on_progress, self.stop_event, self.consumer = on_progress, stop_event, consumer
+        self.coll = ddp.Collectives(device, env.world, env.rank)
+        self.out = Path(cfg.output.dir)
+        self.writer = env.rank == 0
+        self.model = self.net = self.opt = self.sched = self.dims = None
+        self.batches, self.in_step = 0, False
+        self.ck = ck
+        initial = []
+        if ck is not None:
+            self._build(*ck["sections"]["train"]["dims"])
+            self.batches = checkpoint.restore_training(ck, self.model, self.opt, self.sched,
+                                                       device)
+            initial = checkpoint.pending_batches(ck)
+            log.warning("resumed from %s at batch %d (%d samples, %d simulations fully "
+                        "received)", ck["path"], self.batches, rx.samples, len(rx.sims_done))
+        self._agree_on_start()
+        self.pf = Prefetcher(buf, cfg.train.batch_size,
+                             limit=max(0, cfg.train.max_batches - self.batches - len(initial)),
+                             pin=device.type == "cuda", initial=initial)
+
+    def _agree_on_start(self):
+        b = self.batches if self.ck is not None else -1
+        lo, hi = self.coll.min_ints([b])[0], self.coll.max_ints([b])[0]
+        if lo != hi:
+            raise TrainError(f"rank {self.env.rank}: the ranks resume from different checkpoints "
+                             f"(batches {lo} and {hi}): every rank needs the same output.dir",
+                             (lo, hi))
+
+    def _build(self, in_dim: int, out_dim: int):
+        import torch  # noqa: PLC0415
+        cfg = self.cfg
+        m = (self.mode.build(self.builder, int(in_dim), int(out_dim)) if self.mode
+             else self.builder(int(in_dim), int(out_dim), cfg))
+        self.model = checkpoint.record_dims(m, in_dim, out_dim).to(self.device)
+        self.dims = (int(in_dim), int(out_dim))
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.train.lr)
+        self.sched = torch.optim.lr_scheduler.MultiStepLR(self.opt, cfg.train.lr_milestones,
+                                                          cfg.train.lr_gamma)
+        self.net = ddp.wrap(self.model, self.device, self.env.world)
+        if cfg.train.compile:
+            self.net = torch.compile(self.net)
+
+    def _step(self, item, n_rows: int):
+        import torch  # noqa: PLC0415
+        dev = self.device
+        if item is not None:
+            x, y = item.x.to(dev, non_blocking=True), item.y.to(dev, non_blocking=True)
+        else:  # this rank is exhausted, the others are not: an empty share of the global batch
+            x = torch.zeros((0, self.dims[0]), device=dev)
+            y = torch.zeros((0, self.dims[1]), device=dev)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.cfg.train.amp == "bf16"):
+            if self.mode is not None:  # autoregressive: a window, unrolled (ar.py)
+                sse = self.mode.sse(self.net, x, y)
+            else:
+                pred = self.net(x)
+        if self.mode is None:
+            sse = ((pred.float() - y) ** 2).mean(dim=1).sum()
+        loss = sse * (self.env.world / n_rows)  # DDP averages over ranks: mean over the union
+        self.in_step = True
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.sched.step()
+        self.batches += 1
+        self.in_step = False
+        return sse.detach(), len(x)
+
+    def save(self, final=False, summary=None, pending=None):
+        """This rank's part of the checkpoint at self.batches; rank 0 commits it last."""
+        if self.rx is None:
+            return
+        held = ([pending] if pending is not None else []) + self.pf.pause()
+        try:
+            state = checkpoint.capture(self.model, self.opt, self.sched, self.batches, self.rx,
+                                       self.buf, self.cfg, dims=self.dims,
+                                       pending=[i.arrays() for i in held], rank=self.env.rank,
+                                       world=self.env.world, device=self.device)
+            if summary is not None:
+                state["summary"] = summary
+            keep = self.cfg.train.keep_checkpoints
+            failed = 0
+            if self.env.rank != 0:
+                try:
+                    checkpoint.save(self.out, state, keep, final=final)
+                except OSError as e:
+                    log.error("rank %d: cannot write its checkpoint file: %s", self.env.rank, e)
+                    failed = 1
+            if self.coll.sum_ints([failed])[0]:
+                raise checkpoint.CheckpointError(
+                    f"checkpoint at batch {self.batches}: a rank could not write its file (see "
+                    f"its log); the previous checkpoint stays the newest", str(self.out))
+            if self.env.rank == 0:
+                checkpoint.save(self.out, state, keep, final=final)
+        finally:
+            self.pf.resume()
+
+    def _counts(self) -> list:
+        rx = self.rx
+        if rx is None:
+            return [self.buf.received, 0, 0, 0, 0, 0]
+        return [rx.samples, len(rx.val), rx.duplicates, rx.rejected, len(rx.sims_done),
+                len(rx.sims_failed)]
+
+    def _validate(self):
+        """(val MSE, validation samples, extra figures): the rollout's in autoregressive mode."""
+        if self.mode is not None and self.rx is not None:
+            r = self.mode.validate(self.model, self.rx)
+            return r["val_mse"], r["rollout_sims"], r
+        items = _val_items(self.rx)
+        return _validate(self.model, items, self.device), len(items), {}
+
+    def _log(self, t0, loss_acc, n_acc, wait, span):
+        c = self.coll
+        v_mse, n_val, extra = self._validate()
+        items = range(n_val)
+        v_sse, v_n, t_sse, t_n, w = c.sum([0.0 if v_mse is None else v_mse * len(items),
+                                           len(items), float(loss_acc), n_acc, wait])
+        counts = c.sum_ints(self._counts() + [len(self.buf)])
+        val_mse = float(v_sse / v_n) if v_n else None
+        m = {"batch": self.batches, "time": round(time.monotonic() - t0, 3),
+             "lr": self.sched.get_last_lr()[0], "train_loss": float(t_sse / max(t_n, 1)),
+             "val_mse": val_mse, "samples": counts[0], "buffer": counts[6],
+             "sims_done": counts[4], "duplicates": counts[2], "ranks": self.env.world,
+             "data_wait_frac": round(float(w) / self.env.world / max(span, 1e-9), 4), **extra}
+        if self.writer:
+            self.metrics.write(json.dumps(m) + "\n")
+            self.metrics.flush()
+            if self.on_progress:
+                self.on_progress(m)
+        return val_mse
+
+    def _mean_field(self) -> float | None:
+        rx, c = self.rx, self.coll
+        if rx is None:
+            return None
+        n = c.sum([rx.y_count])[0]
+        dim = c.max_ints([0 if rx.y_sum is None else rx.y_sum.size])[0]
+        y_sum = np.zeros(dim) if rx.y_sum is None or rx.y_sum.size != dim else rx.y_sum
+        totals = c.sum(y_sum) if dim else np.zeros(0)
+        sse, cnt = 0.0, 0
+        val = _val_items(rx)
+        if val and n:
+            ys = np.stack([v[1] for v in val])
+            sse, cnt = float(((ys - totals / n) ** 2).mean(axis=1).sum()), len(ys)
+        sse, cnt = c.sum([sse, cnt])
+        return float(sse / cnt) if cnt else None
+
+    def run(self) -> dict:
+        try:
+            if self.writer:
+                if self.ck is not None:
+                    checkpoint.trim_metrics(self.out / "metrics.jsonl", self.batches)
+                self.metrics = open(self.out / "metrics.jsonl", "a" if self.ck else "w")
+            return self._run()
+        finally:
+            self.pf.close()
+            if self.writer and getattr(self, "metrics", None) is not None:
+                self.metrics.close()
+
+    def _run(self) -> dict:
+        import torch  # noqa: PLC0415
+        cfg, rx, env, c = self.cfg, self.rx, self.env, self.coll
+        t0 = t_log = time.monotonic()
+        wait = wait_all = 0.0
+        loss_acc, n_acc = torch.zeros((), device=self.device), 0
+        pending, local_error, val_mse = None, None, None
+        reason = "max_batches"
+        try:
+            while self.batches < cfg.train.max_batches:
+                if pending is None:
+                    tw = time.perf_counter()
+                    try:
+                        pending = self.pf.get(timeout=0.2 if env.world == 1 else 0.05)
+                    except Exception as e:  # a buffer error in the prefetch thread
+                        local_error = local_error or e
+                    dt = time.perf_counter() - tw
+                    wait, wait_all = wait + dt, wait_all + dt
+                stop = self.stop_event is not None and self.stop_event.is_set()
+                if rx is not None and rx.error is not None and local_error is None:
+                    local_error = TrainError(f"receiver failed: {rx.error}")
+                n_have, n_exh, n_stop, n_err, n_rows = c.sum_ints(
+                    [pending is not None, pending is None and self.pf.exhausted, stop,
+                     local_error is not None, 0 if pending is None else len(pending.x)])
+                if n_err or n_stop:
+                    reason = "error" if n_err else "stop"
+                    break
+                if n_exh == env.world:
+                    reason = "exhausted"
+                    break
+                if n_have == 0 or n_have + n_exh < env.world:
+                    continue
+                if self.model is None:
+                    self._build(*c.max_ints(list(self.mode.dims()) if self.mode else
+                                            [pending.x.shape[1], pending.y.shape[1]]
+                                            if pending is not None else [0, 0]))
+                try:
+                    sse, n = self._step(pending, n_rows)
+                except RuntimeError as e:
+                    if env.world > 1 and ddp.is_dist_error(e):
+                        raise ddp.lost_peer(env.rank, e) from e
+                    raise
+                pending = None
+                loss_acc += sse
+                n_acc += n
+                if self.batches % cfg.train.val_every == 0:  # before the checkpoint: one at
+                    now = time.monotonic()                   # batch b has the metrics up to b
+                    val_mse = self._log(t0, loss_acc.item(), n_acc, wait, now - t_log)
+                    loss_acc.zero_()
+                    n_acc, wait, t_log = 0, 0.0, now
+                if cfg.train.checkpoint_every and self.batches % cfg.train.checkpoint_every == 0:
+                    self.save()
+        except KeyboardInterrupt:  # a second signal, or no stop_event: stop now if consistent
+            if env.world == 1 and self.model is not None and not self.in_step:
+                self._stop_receiver()
+                self.save(pending=pending)
+            elif self.model is not None:
+                log.warning("interrupted inside a training step: no exit checkpoint")
+            raise
+        if reason == "error":
+            if local_error is not None:
+                raise local_error
+            raise TrainError(f"rank {env.rank}: another rank failed; see its log", env.rank)
+        if reason == "stop":
+            self._stop_receiver()
+            if self.model is not None:  # exit checkpoint: `--resume` continues from here
+                self.save(pending=pending)
+            if self.stop_event is not None and self.stop_event.is_set():
+                raise KeyboardInterrupt
+            raise TrainError(f"rank {env.rank}: another rank was stopped (signal); exit "
+                             f"checkpoint at batch {self.batches}: continue with --resume",
+                             env.rank)
+        return self._finish(t0, wait_all)
+
+    def _stop_receiver(self):
+        if self.rx is not None:
+            self.rx.stop_event.set()
+            self.rx.join(timeout=5)
+
+    def _finish(self, t0, wait_all) -> dict:
+        cfg, env, rx, c = self.cfg, self.env, self.rx, self.coll
+        self._stop_receiver()
+        if self.model is None:
+            frames = 0 if rx is None else rx.frames
+            raise TrainError(f"no training sample arrived on {cfg.channel_url}"
+                             f"{f' (rank {env.rank} of {env.world})' if env.world > 1 else ''} "
+                             f"({frames} frames): is a simulation running and sending to this "
+                             f"channel?", cfg.channel_url)
+        v_mse, n_val, extra = self._validate()
+        items = range(n_val)
+        v_sse, v_n = c.sum([0.0 if v_mse is None else v_mse * len(items), len(items)])
+        tot = c.sum_ints(self._counts() + [getattr(self.consumer, "abandoned", 0)])
+        wall = time.monotonic() - t0
+        summary = {"val_mse": float(v_sse / v_n) if v_n else None,
+                   "mean_field_mse": self._mean_field(), "batches": self.batches,
+                   "samples_received": tot[0], "validation_samples": tot[1],
+                   "duplicates_dropped": tot[2], "frames_rejected": tot[3], "sims_done": tot[4],
+                   "sims_failed": tot[5], "buffer": self.buf.stats(), "wall_s": round(wall, 3),
+                   "abandoned_slots": tot[6], "ranks": env.world,
+                   "rank_samples": self._counts()[0],
+                   "data_wait_frac": round(float(c.sum([wait_all])[0]) / env.world / max(wall, 1e-9),
+                                           4), **extra}
+        self.save(final=True, summary=summary)  # rank 0 also writes <out>/checkpoint.pt
+        if self.writer:
+            (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        if cfg.buffer.record_arrivals:
+            name = "arrivals.npy" if env.rank == 0 else f"arrivals-rank{env.rank}.npy"
+            np.save(self.out / name, self.buf.arrivals())
+        return summary
+

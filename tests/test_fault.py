@@ -83,7 +83,7 @@ def all_pairs(ids):
 def received(study):
     """The trainer's own accounting, from its final checkpoint."""
     ck = torch.load(study / "checkpoint.pt", weights_only=True)
-    seen = [tuple(x) for x in ck["receiver"]["seen"].tolist()]
+    seen = [tuple(x) for x in ck["sections"]["receiver"]["seen"].tolist()]
     assert len(seen) == len(set(seen))
     return set(seen), ck
 

@@ -5,7 +5,7 @@ import pytest
 from onlinetrain import config, frame as fr
 from onlinetrain.reservoir import make_buffer
 from onlinetrain.shm_channel import RingConsumer, RingProducer
-from onlinetrain.trainer import Receiver
+from onlinetrain.receiver import Receiver
 
 
 def view_adapter(frame, cfg):
@@ -50,8 +50,8 @@ def test_a_failure_report_after_completion_does_not_count_as_failed(ring_name):
         rx.start()
         nothing = np.zeros(0, np.float32)
         prod.put(fr.Frame(0, 1, np.zeros(1), "crash", nothing, fr.SIM_FAILED))  # attempt 1
-        prod.put(fr.Frame(0, 5, np.zeros(1), "T", nothing, fr.SIM_END))         # attempt 2 done
-        prod.put(fr.Frame(1, 5, np.zeros(1), "T", nothing, fr.SIM_END))
+        prod.put(fr.sim_end(0, {"T": (5, 1)}))                                  # attempt 2 done
+        prod.put(fr.sim_end(1, {"T": (5, 1)}))
         prod.put(fr.Frame(1, 1, np.zeros(1), "node lost", nothing, fr.SIM_FAILED))  # late report
         prod.put(fr.Frame(2, 1, np.zeros(1), "diverged", nothing, fr.SIM_FAILED))
         prod.put(fr.Frame(-1, 0, np.zeros(0), "end", nothing, fr.STREAM_END))

@@ -12,17 +12,33 @@ import pytest
 from onlinetrain import frame as fr
 from onlinetrain.shm_channel import SLOT_HDR, RingConsumer, RingProducer
 
-FIELDS = [(4, "H"), (6, "H"), (8, "B"), (9, "B"), (10, "B"), (11, "B"), (12, "I"), (32, "Q")]
+FIELDS = [(4, "H"), (6, "H"), (8, "B"), (9, "B"), (10, "B"), (11, "B"), (12, "I"), (32, "Q"),
+          (40, "I"), (44, "B")]
 
 
 def _valid(rng):
+    """A valid v2 frame: a whole field or a piece, with or without metadata, or a control frame."""
+    kind = int(rng.integers(0, 6))
+    sid, step = int(rng.integers(100)), int(rng.integers(100))
+    params = rng.random(int(rng.integers(0, 4)))
+    if kind == 4:
+        names = ["f" * (i + 1) for i in range(int(rng.integers(0, 3)))]
+        return fr.encode(fr.sim_end(sid, {n: (int(rng.integers(0, 9)), int(rng.integers(1, 4)))
+                                          for n in names}, params))
+    if kind == 5:
+        return fr.encode(fr.Frame(sid, 0, params, "why" * int(rng.integers(0, 3)),
+                                  np.zeros(0, np.float32), _pick(rng, [fr.SIM_FAILED, fr.STREAM_END])))
     ndim = int(rng.integers(0, 4))
     shape = tuple(int(s) for s in rng.integers(0, 5, ndim))
     dt = list(fr.DTYPES.values())[int(rng.integers(len(fr.DTYPES)))]
     arr = np.zeros(shape, dt)
-    return fr.encode(fr.Frame(int(rng.integers(100)), int(rng.integers(100)),
-                              rng.random(int(rng.integers(0, 4))), "f" * int(rng.integers(0, 9)),
-                              arr, int(rng.integers(0, 4))))
+    gs = off = None
+    if kind >= 2:  # a piece of a larger field
+        off = tuple(int(v) for v in rng.integers(0, 3, ndim))
+        gs = tuple(o + s + int(rng.integers(0, 3)) for o, s in zip(off, shape))
+    meta = b'{"t": %d}' % step if kind in (1, 3) else b""
+    return fr.encode(fr.Frame(sid, step, params, "f" * int(rng.integers(0, 9)), arr, fr.DATA,
+                              gs, off, meta))
 
 
 def _pick(rng, values):
@@ -43,8 +59,9 @@ def _mutate(buf: bytes, rng) -> bytes:
         del b[int(rng.integers(len(b))):]
     elif kind == 3:  # extended
         b += bytes(int(rng.integers(1, 64)))
-    elif kind == 4 and len(b) >= 56:  # a shape extent rewritten
-        struct.pack_into("<Q", b, 48, _pick(rng, [0, 1 << 40, (1 << 64) - 1, 3]))
+    elif kind == 4 and len(b) >= 56:  # a shape, global extent or offset word rewritten
+        at = 48 + 8 * int(rng.integers(0, max(1, min(3 * b[10], (len(b) - 56) // 8 + 1))))
+        struct.pack_into("<Q", b, at, _pick(rng, [0, 1 << 40, (1 << 64) - 1, 3]))
     else:  # pure noise with a valid magic
         b = bytearray(b"OTFR" + rng.bytes(int(rng.integers(0, 200))))
     return bytes(b)
@@ -77,7 +94,8 @@ def test_ten_thousand_fuzzed_frames_decode_or_fail_cleanly():
 
 
 def _same(a, b):
-    return (a.sim_id, a.time_step, a.name, a.kind) == (b.sim_id, b.time_step, b.name, b.kind) and \
+    return (a.sim_id, a.time_step, a.name, a.kind, a.global_shape, a.offset, a.meta) == \
+        (b.sim_id, b.time_step, b.name, b.kind, b.global_shape, b.offset, b.meta) and \
         np.array_equal(a.params, b.params) and a.array.dtype == b.array.dtype and \
         a.array.shape == b.array.shape and np.array_equal(a.array, b.array, equal_nan=True)
 
@@ -87,8 +105,11 @@ def test_decoder_primed_with_a_good_frame_agrees_with_decode_on_every_byte_flip(
     """The Decoder's fast path (header equal to the previous frame's) must validate as decode does:
     prime it with a good frame, then decode each single-byte mutation, whole and cut short."""
     frames = [fr.Frame(3, 7, np.array([1.0, 2.0]), "T", np.arange(12, dtype=np.float32).reshape(3, 4)),
-              fr.Frame(1, 2, np.zeros(0), "", np.zeros(0, np.uint8), fr.SIM_END),
-              fr.Frame(1, 2, np.ones(1), "ab", np.arange(5, dtype=np.int16))]
+              fr.sim_end(1, {"T": (2, 1)}),
+              fr.Frame(1, 2, np.ones(1), "ab", np.arange(5, dtype=np.int16)),
+              fr.Frame(4, 5, np.ones(2), "T", np.arange(6, dtype=np.float64).reshape(2, 3),
+                       global_shape=(4, 3), offset=(2, 0)),
+              fr.Frame(4, 5, np.ones(2), "T", np.arange(3, dtype=np.float32), meta=b'{"t":1}')]
     cases = fast = 0
     for f in frames:
         good = fr.encode(f)
@@ -155,8 +176,8 @@ def test_frame_built_by_hand_from_the_documented_layout_decodes():
     hlen = (48 + 8 * len(shape) + 8 * len(params) + len(name) + 7) & ~7
     payload = struct.pack("<6f", *range(6))
     buf = bytearray(hlen)
-    struct.pack_into("<4sHHBBBBIqqQQ", buf, 0, b"OTFR", 1, hlen, 0, 1, len(shape), len(name),
-                     len(params), 42, 7, len(payload), 0)
+    struct.pack_into("<4sHHBBBBIqqQIB3x", buf, 0, b"OTFR", 2, hlen, 0, 1, len(shape), len(name),
+                     len(params), 42, 7, len(payload), 0, 0)
     struct.pack_into("<2Q2d", buf, 48, *shape, *params)
     buf[48 + 32:48 + 33] = b"T"
     f = fr.decode(bytes(buf) + payload)
@@ -164,3 +185,61 @@ def test_frame_built_by_hand_from_the_documented_layout_decodes():
     assert f.array.dtype == np.float32 and f.array.tolist() == [[0, 1, 2], [3, 4, 5]]
     assert f.params.tolist() == [300.0, 0.5]
     assert bytes(buf) == fr.encode_header(f)  # and our encoder writes exactly that
+
+
+def test_piece_with_metadata_built_by_hand_from_the_documented_layout_decodes():
+    """A piece (rows 2..3 of a 4 x 3 field) with a metadata blob, byte by byte from the doc."""
+    shape, gshape, offset, params, name, meta = (2, 3), (4, 3), (2, 0), (1.0,), "T", b'{"t": 0.5}'
+    hlen = (48 + 3 * 8 * len(shape) + 8 * len(params) + len(name) + len(meta) + 7) & ~7
+    payload = struct.pack("<6d", *range(6))
+    buf = bytearray(hlen)
+    struct.pack_into("<4sHHBBBBIqqQIB3x", buf, 0, b"OTFR", 2, hlen, 0, 2, len(shape), len(name),
+                     len(params), 9, 3, len(payload), len(meta), 1)
+    struct.pack_into("<6Q1d", buf, 48, *shape, *gshape, *offset, *params)
+    o = 48 + 56
+    buf[o:o + 1] = b"T"
+    buf[o + 1:o + 1 + len(meta)] = meta
+    f = fr.decode(bytes(buf) + payload)
+    assert (f.global_shape, f.offset, f.meta, f.array.shape) == (gshape, offset, meta, shape)
+    assert bytes(buf) == fr.encode_header(f)
+    assert fr.Decoder().decode_at(bytes(buf) + payload, 0, len(buf) + len(payload)).meta == meta
+
+
+def test_sim_end_counts_built_by_hand_decode():
+    """SIM_END: an int64 (fields, 2) array of (steps, pieces) and the names joined by NUL."""
+    meta = b"T\0U"
+    payload = struct.pack("<4q", 100, 2, 50, 1)
+    hlen = (48 + 16 + len("end") + len(meta) + 7) & ~7
+    buf = bytearray(hlen)
+    struct.pack_into("<4sHHBBBBIqqQIB3x", buf, 0, b"OTFR", 2, hlen, 1, 4, 2, 3, 0, 5, 250,
+                     len(payload), len(meta), 0)
+    struct.pack_into("<2Q", buf, 48, 2, 2)
+    buf[64:67] = b"end"
+    buf[67:67 + len(meta)] = meta
+    f = fr.decode(bytes(buf) + payload)
+    assert fr.sim_end_counts(f) == {"T": (100, 2), "U": (50, 1)}
+    assert fr.encode(f) == fr.encode(fr.sim_end(5, {"T": (100, 2), "U": (50, 1)}))
+    with pytest.raises(fr.FrameError, match="announces 2 fields but its metadata names 1"):
+        fr.decode(bytes(buf[:67]) + b"T_U" + bytes(buf[70:]) + payload)  # one name, not two
+
+
+def test_version_1_frame_is_a_clear_error():
+    buf = bytearray(fr.encode(fr.Frame(1, 2, array=np.zeros(3, np.float32))))
+    struct.pack_into("<H", buf, 4, 1)
+    for dec in (lambda: fr.decode(bytes(buf)), lambda: fr.Decoder().decode_at(bytes(buf), 0, len(buf))):
+        with pytest.raises(fr.FrameError, match="frame version 1 is not supported .* speaks 2") as e:
+            dec()
+        assert e.value.value == 1
+
+
+def test_bad_pieces_and_counts_are_refused_before_sending():
+    a = np.zeros((2, 3))
+    for gs, off in [((4, 3), None), ((4,), (0,)), ((3, 3), (2, 0)), ((4, 3), (-1, 0))]:
+        with pytest.raises(fr.FrameError, match="piece|global"):
+            fr.encode(fr.Frame(0, 0, array=a, global_shape=gs, offset=off))
+    with pytest.raises(fr.FrameError, match="pieces >= 1"):
+        fr.sim_end(0, {"T": (3, 0)})
+    with pytest.raises(fr.FrameError, match="build it with frame.sim_end"):
+        fr.encode(fr.Frame(0, 0, array=np.zeros(0, np.float32), kind=fr.SIM_END))
+    with pytest.raises(fr.FrameError, match="metadata must be bytes of at most 16384"):
+        fr.encode(fr.Frame(0, 0, meta=bytes(16385)))

@@ -257,7 +257,8 @@ def test_header_caches_follow_every_change_between_consecutive_frames(ring_name)
         sent = []
 
         def put(f):
-            sent.append((f.sim_id, f.time_step, f.params.copy(), f.name, f.kind, np.array(f.array)))
+            sent.append((f.sim_id, f.time_step, f.params.copy(), f.name, f.kind, np.array(f.array),
+                         f.global_shape, f.offset, f.meta))
             prod.put(f)
 
         f = fr.Frame(1, 0, p, "T", a)
@@ -272,7 +273,7 @@ def test_header_caches_follow_every_change_between_consecutive_frames(ring_name)
         f.params = p
         f.name = "U"
         put(f)                                      # name
-        f.kind = fr.SIM_END
+        f.kind = fr.SIM_FAILED
         put(f)                                      # kind
         f.kind = fr.DATA
         f.array = a.reshape(3, 4)
@@ -286,10 +287,25 @@ def test_header_caches_follow_every_change_between_consecutive_frames(ring_name)
         f.array = a
         a[0] = 99.0
         put(f)                                      # array values changed in place
+        f.global_shape, f.offset = (20,), (4,)
+        put(f)                                      # a piece
+        f.offset = (8,)
+        put(f)                                      # another offset
+        f.global_shape = (30,)
+        put(f)                                      # another global shape
+        f.meta = b'{"t": 1}'
+        put(f)                                      # metadata
+        f.meta = b'{"t": 2}'
+        put(f)                                      # other metadata, same length
+        f.global_shape = f.offset = None
+        put(f)                                      # the whole field again
+        f.meta = b""
+        put(f)
         got = ring.get_many(64, timeout=1)
         assert len(got) == len(sent)
-        for g, (sim, step, params, name, kind, arr) in zip(got, sent):
+        for g, (sim, step, params, name, kind, arr, gs, off, meta) in zip(got, sent):
             assert (g.sim_id, g.time_step, g.name, g.kind) == (sim, step, name, kind)
+            assert (g.global_shape, g.offset, g.meta) == (gs, off, meta)
             assert np.array_equal(g.params, np.asarray(params, np.float64))
             assert g.array.shape == arr.shape and np.array_equal(g.array, arr)
             assert g.array.dtype == arr.dtype.newbyteorder("<")
