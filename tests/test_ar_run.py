@@ -17,7 +17,7 @@ ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 @pytest.mark.timeout(300)
 def test_ot_run_ks1d_autoregressive(tmp_path, ring_name):
     toml = (ROOT / "examples" / "ks1d.toml").read_text()
-    toml = toml.replace("n = 64 ", "n = 32 ").replace("steps = 80", "steps = 12")
+    toml = toml.replace("steps = 80", "steps = 12")
     toml = toml.replace("n_train = 40", "n_train = 6").replace("n_validation = 4",
                                                                "n_validation = 2")
     toml = toml.replace("watermark = 300", "watermark = 20").replace("unroll = 1", "unroll = 2")
