@@ -97,13 +97,17 @@ def step(model, opt, sched, b):
 
 
 def replay(kind: str, order, data, cfg, seed: int, speed: float, max_batches: int,
-           val=None, val_every: int = 100, epochs: int = 1) -> dict:
-    """Train from `kind` fed with `order` on the simulated clock; returns MSE, curve, counts."""
+           val=None, val_every: int = 100, epochs: int = 1, pseudo_epochs: int = 1,
+           watermark: int | None = None, post_stream_batches: int = -1) -> dict:
+    """Train from `kind` fed with `order` on the simulated clock; returns MSE, curve, counts.
+    Training stops at `max_batches` or when the buffer is exhausted (FIFO/FIRO drained, the
+    Reservoir's `post_stream_batches` served: 0 trains only while the simulations run)."""
     torch.set_num_threads(cfg.train.threads)
     bs = cfg.train.batch_size
     n = len(order)
     cap = n if kind == "offline" else cfg.buffer.capacity
-    buf = make_buffer(kind, cap, cfg.buffer.watermark, seed, epochs=epochs)
+    buf = make_buffer(kind, cap, watermark or cfg.buffer.watermark, seed, epochs=epochs,
+                      pseudo_epochs=pseudo_epochs, post_stream_batches=post_stream_batches)
     model, opt, sched = new_model(cfg, data["Y"].shape[-1], seed)
     X, Y, row = data["X"], data["Y"], data["row"]
     t_data = t_train = 0.0

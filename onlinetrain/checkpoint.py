@@ -3,7 +3,7 @@
 A checkpoint holds everything the trainer needs to continue exactly where it was: model,
 optimizer, LR scheduler, RNG states (torch and the buffer's numpy generator), batch count, the
 buffer's contents (x, y, keys, times served, size, counters), the validation samples, and the
-receiver's accounting: every (simulation, time step) taken and the simulations fully received.
+receiver's own section (Receiver.state_dict: per-simulation accounting, docs/step.md).
 
     state = capture(model, opt, sched, batches, rx, buf, cfg)   # consistent: receiver paused
     save(out_dir, state, keep=2)        # <out>/checkpoints/ckpt-000001200.pt + .sha256
@@ -46,70 +46,28 @@ def _t(a, dtype=None):
     return torch.from_numpy(np.ascontiguousarray(a if dtype is None else np.asarray(a, dtype)))
 
 
-# --- the components' sections. The buffer and the receiver own theirs (state_dict /
-# load_state_dict); until every buffer class and the Receiver have those methods, the thin
-# versions below (today's fields) stand in for them. Delete once both are merged.
+# --- the components' sections: the buffer and the receiver own theirs (state_dict /
+# load_state_dict).
 def _buffer_state(buf) -> dict:
-    if hasattr(buf, "state_dict"):
-        return buf.state_dict()
-    d = {"kind": buf.kind, "capacity": buf.capacity, "size": buf.size,
-         "received": buf.received, "served": buf.served, "evicted": buf.evicted,
-         "batches": buf.batches, "head": int(getattr(buf, "head", 0)),
-         "rng": buf.rng.bit_generator.state, "keys": _t(buf.keys.copy()),
-         "seen": _t(buf.seen.copy())}
-    if buf.x is not None:
-        d["x"], d["y"] = _t(buf.x.copy()), _t(buf.y.copy())
-    return d
+    # the receiver starts afresh on resume and signals the end of the stream again (a resumed
+    # study may bring more simulations), so the buffer is saved as not ended
+    return {**buf.state_dict(), "ended": False}
 
 
 def _buffer_load(buf, b: dict):
-    if hasattr(buf, "load_state_dict"):
-        return buf.load_state_dict(b)
-    if b["kind"] != buf.kind or b["capacity"] != buf.capacity:
-        raise CheckpointError(f"the checkpoint has a {b['kind']} buffer of {b['capacity']} "
-                              f"samples, the config a {buf.kind} of {buf.capacity}: resume with "
-                              f"the same [buffer]", None)
-    if "x" in b:
-        buf.x, buf.y = b["x"].numpy().copy(), b["y"].numpy().copy()
-    buf.keys, buf.seen = b["keys"].numpy().copy(), b["seen"].numpy().copy()
-    buf.size, buf.received, buf.served, buf.evicted = \
-        b["size"], b["received"], b["served"], b["evicted"]
-    buf.batches = b.get("batches", buf.batches)
-    if hasattr(buf, "head"):
-        buf.head = b["head"]
-    buf.rng.bit_generator.state = b["rng"]
+    from .reservoir import BufferError_  # noqa: PLC0415
+    try:
+        buf.load_state_dict(b)
+    except BufferError_ as e:
+        raise CheckpointError(f"{e}; resume with the same [buffer]", None) from None
 
 
 def _receiver_state(rx) -> dict:
-    if hasattr(rx, "state_dict"):
-        return rx.state_dict()
-    seen = np.array(sorted(rx.seen), np.int64).reshape(-1, 2)
-    vkeys = list(rx.val)
-    r = {"seen": _t(seen), "sims_done": sorted(rx.sims_done),
-         "sims_failed": {str(k): v for k, v in rx.sims_failed.items()},
-         "frames": rx.frames, "samples": rx.samples, "duplicates": rx.duplicates,
-         "rejected": rx.rejected, "y_count": rx.y_count,
-         "y_sum": None if rx.y_sum is None else _t(rx.y_sum.copy()),
-         "val_keys": _t(np.array(vkeys, np.int64).reshape(-1, 2))}
-    if vkeys:
-        r["val_x"] = _t(np.stack([rx.val[k][0] for k in vkeys]))
-        r["val_y"] = _t(np.stack([rx.val[k][1] for k in vkeys]))
-    return r
+    return rx.state_dict()  # the receiver's own section (onlinetrain/receiver.py, docs/step.md)
 
 
 def _receiver_load(rx, r: dict):
-    if hasattr(rx, "load_state_dict"):
-        return rx.load_state_dict(r)
-    rx.seen = set(map(tuple, r["seen"].numpy().tolist()))
-    rx.sims_done = set(r["sims_done"])
-    rx.sims_failed = {int(k): v for k, v in r["sims_failed"].items()}
-    rx.frames, rx.samples, rx.duplicates, rx.rejected = \
-        r["frames"], r["samples"], r["duplicates"], r["rejected"]
-    rx.y_count = r["y_count"]
-    rx.y_sum = None if r["y_sum"] is None else r["y_sum"].numpy().copy()
-    vk = r["val_keys"].numpy().tolist()
-    rx.val = {tuple(k): (r["val_x"][i].numpy().copy(), r["val_y"][i].numpy().copy())
-              for i, k in enumerate(vk)}
+    rx.load_state_dict(r)
 
 
 def record_dims(model, in_dim: int, out_dim: int):
@@ -335,8 +293,10 @@ def receiver_sections(ck: dict) -> list[dict]:
 
 
 def fully_received(ck: dict | None) -> set[int]:
-    """Simulations whose every step reached the trainer (any rank) by checkpoint `ck`."""
-    return {int(i) for r in receiver_sections(ck) for i in r["sims_done"]}
+    """Simulations whose every step, field and piece (as their SIM_END announced) reached the
+    trainer (any rank) by checkpoint `ck`."""
+    from .receiver import fully_received as done  # noqa: PLC0415
+    return {i for r in receiver_sections(ck) for i in done(r)}
 
 
 def restore_stream(ck: dict, rx, buf):

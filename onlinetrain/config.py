@@ -171,10 +171,11 @@ class SimulateConfig:
 class BufferConfig:
     kind: str = "reservoir"  # reservoir | fifo | firo | offline
     capacity: int = 2000  # samples (offline: must hold every training sample)
-    watermark: int = 0  # reservoir: minimum fill before the first batch (0: capacity // 4)
+    watermark: int = 0  # reservoir, firo: samples present before a batch is drawn (0: capacity // 4)
     seed: int = 0
     post_stream_batches: int = -1  # reservoir: batches served after the stream ends (-1: no limit)
     epochs: int = 1  # offline: shuffled epochs over the whole data set once the stream has ended
+    pseudo_epochs: int = 1  # firo: times each sample is served before it leaves the buffer
     record_arrivals: bool = False  # write arrivals.npy (keys in arrival order) to output.dir
 
     def __post_init__(self):
@@ -186,6 +187,9 @@ class BufferConfig:
                "an integer >= 0, or -1 to serve until train.max_batches")
         _check(isinstance(self.epochs, int) and self.epochs >= 1, "buffer.epochs", self.epochs,
                "an integer >= 1")
+        _check(isinstance(self.pseudo_epochs, int) and not isinstance(self.pseudo_epochs, bool)
+               and self.pseudo_epochs >= 1, "buffer.pseudo_epochs", self.pseudo_epochs,
+               "an integer >= 1 (times each sample is served; firo)")
         _check(isinstance(self.record_arrivals, bool), "buffer.record_arrivals",
                self.record_arrivals, "true or false")
         _check(isinstance(self.capacity, int) and self.capacity >= 1, "buffer.capacity",

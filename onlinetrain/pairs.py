@@ -15,7 +15,7 @@ exactly once, whatever the interleaving of simulations. A step that does not fol
 (a gap, or a restart that re-sends earlier steps) starts a new chain and is counted in `gaps`.
 `end_sim(sim_id)` forgets a finished simulation's held steps. Everything else (end_stream,
 exhausted, stats, len) is the inner buffer's. `state_dict()` / `load_state_dict()` carry the
-held chains (and the inner buffer's state where it has one) through a checkpoint.
+held chains and the inner buffer's own state through a checkpoint.
 """
 from __future__ import annotations
 
@@ -127,8 +127,7 @@ class PairBuffer:
                      "gaps": self.gaps, "windows": self.windows,
                      "held_keys": torch.from_numpy(keys), "held_x": torch.from_numpy(hx),
                      "held_y": torch.from_numpy(hy)}
-        sd = getattr(self.inner, "state_dict", None)
-        state["inner"] = sd() if callable(sd) else _inner_state(self.inner)
+        state["inner"] = self.inner.state_dict()
         return state
 
     def load_state_dict(self, state: dict):
@@ -151,37 +150,5 @@ class PairBuffer:
         inner = dict(state["inner"])
         if "ended" in state:  # the checkpoint's say (a resumed receiver ends the stream again)
             inner["ended"] = state["ended"]
-        if hasattr(self.inner, "load_state_dict"):
-            self.inner.load_state_dict(inner)
-        else:
-            _inner_load(self.inner, inner)
+        self.inner.load_state_dict(inner)
 
-
-# Until every buffer kind has state_dict()/load_state_dict() (the `buffers` work), the fields a
-# checkpoint has always held; unused once they do.
-def _inner_state(buf) -> dict:
-    import torch  # noqa: PLC0415
-    with buf.cond:
-        d = {"kind": buf.kind, "capacity": buf.capacity, "size": buf.size, "batches": buf.batches,
-             "received": buf.received, "served": buf.served, "evicted": buf.evicted,
-             "head": int(getattr(buf, "head", 0)), "rng": buf.rng.bit_generator.state,
-             "keys": torch.from_numpy(buf.keys.copy()), "seen": torch.from_numpy(buf.seen.copy())}
-        if buf.x is not None:
-            d["x"], d["y"] = torch.from_numpy(buf.x.copy()), torch.from_numpy(buf.y.copy())
-        return d
-
-
-def _inner_load(buf, d: dict):
-    if d["kind"] != buf.kind or d["capacity"] != buf.capacity:
-        raise BufferError_(f"checkpoint has a {d['kind']} buffer of {d['capacity']} samples, the "
-                           f"config a {buf.kind} of {buf.capacity}: resume with the same [buffer]",
-                           (d["kind"], d["capacity"]))
-    with buf.cond:
-        if "x" in d:
-            buf.x, buf.y = np.asarray(d["x"]).copy(), np.asarray(d["y"]).copy()
-        buf.keys, buf.seen = np.asarray(d["keys"]).copy(), np.asarray(d["seen"]).copy()
-        for k in ("size", "batches", "received", "served", "evicted"):
-            setattr(buf, k, int(d[k]))
-        if hasattr(buf, "head"):
-            buf.head = int(d["head"])
-        buf.rng.bit_generator.state = d["rng"]

@@ -1,7 +1,9 @@
 """Training buffers between the receiving thread and the training loop: FIFO, FIRO, Reservoir, Offline.
 
 - FIFO: each sample served once, in arrival order; `put` blocks when full (backpressure).
-- FIRO: each sample served once, drawn at random among those present; `put` blocks when full.
+- FIRO: each sample served `pseudo_epochs` times (default 1), drawn at random among those present,
+  and only while at least `watermark` samples are present (Melissa's `per_server_watermark`) or
+  once the stream has ended; a sample leaves after its last serving; `put` blocks when full.
 - Reservoir: never blocks the receiver: when full, a new sample evicts one chosen uniformly at
   random; batches are drawn uniformly with repetition, only once `watermark` samples are present,
   so the trainer keeps working (re-serving seen samples) while data is short. After the stream
@@ -14,6 +16,7 @@
     batch = buf.get_batch(32)            # training loop; None once the buffer is exhausted
     buf.end_stream()                     # no more samples will come
 
+FIFO starts serving at one batch (Melissa's FIFO has no watermark either).
 End of stream: FIFO/FIRO drain what is left (the last batch may be short) and are then exhausted;
 the Reservoir serves `post_stream_batches` more batches; Offline serves its epochs.
 Waiting is on a condition variable (never a spin): `stats()["wakeups"]` counts predicate checks.
@@ -22,6 +25,9 @@ Given a seed and an arrival order, every buffer serves the same batches (replaya
 Samples are float32 vectors stored in preallocated arrays (sized on the first put); every sample
 carries its (simulation id, time step) key and a times-served counter (`seen`). Pair mode for
 autoregressive surrogates (u_t -> u_t+1) is in onlinetrain/pairs.py.
+
+    state = buf.state_dict()       # plain types and tensors: torch.save, torch.load(weights_only=True)
+    buf2 = make_buffer(...same arguments...); buf2.load_state_dict(state)   # serves as buf would
 """
 from __future__ import annotations
 
@@ -114,6 +120,39 @@ class _Base:
             self.cond.notify_all()
             return True
 
+    def put_many(self, x, y, keys, timeout: float | None = None) -> int:
+        """Insert the rows of `x`, `y` (keys: (n, 2)) under one lock round-trip, in order; returns
+        how many went in (fewer than n only if the buffer stayed full for `timeout`)."""
+        n = len(keys)
+        if n == 0:
+            return 0
+        with self.cond:
+            self._check(x[0], y[0])
+            if x.shape[1:] != (self.x.shape[1],) or y.shape[1:] != (self.y.shape[1],):
+                raise BufferError_(f"samples of shapes {x.shape}, {y.shape} do not match the "
+                                   f"buffer's rows ({self.x.shape[1]}, {self.y.shape[1]})",
+                                   (x.shape, y.shape))
+            done = 0
+            while done < n:
+                if not self.cond.wait_for(lambda: self._woke() and (self._has_room() or self.ended),
+                                          timeout if done == 0 else 0):
+                    break
+                k = self._insert_many(x[done:], y[done:], keys[done:])
+                if self._arrivals is not None:
+                    self._arrivals.extend(map(tuple, keys[done:done + k].tolist()))
+                done += k
+                self.received += k
+                self.cond.notify_all()
+            return done
+
+    def _insert_many(self, x, y, keys) -> int:
+        """Insert rows while there is room (at least one); how many."""
+        k = 0
+        while k < len(keys) and (k == 0 or self._has_room()):
+            self._insert(x[k], y[k], keys[k])
+            k += 1
+        return k
+
     def _woke(self) -> bool:
         self.wakeups += 1
         return True
@@ -164,8 +203,61 @@ class _Base:
                                           and len(present) else None)}
 
 
+    # --- state for resumable checkpoints: plain types and tensors only ---
+    _scalars = ("size", "received", "served", "evicted", "evicted_unseen", "batches", "ended")
+    _extra: tuple = ()  # a kind's own position (FIFO head, Offline order and epoch, ...)
+
+    def state_dict(self) -> dict:
+        """Contents, times served, counters, RNG state and the kind's position: what a new buffer
+        of the same kind and capacity needs to serve exactly the batches this one would."""
+        import torch  # noqa: PLC0415
+        with self.cond:
+            d = {"kind": self.kind, "capacity": self.capacity,
+                 "rng": self.rng.bit_generator.state}
+            for k in self._scalars + self._extra:
+                v = getattr(self, k)
+                d[k] = torch.from_numpy(v.copy()) if isinstance(v, np.ndarray) else v
+            for k in ("keys", "seen", "x", "y"):
+                if getattr(self, k) is not None:
+                    d[k] = torch.from_numpy(getattr(self, k).copy())
+            if self._arrivals is not None:
+                d["arrivals"] = torch.tensor(self._arrivals, dtype=torch.int64).reshape(-1, 2)
+            return d
+
+    def load_state_dict(self, d: dict) -> None:
+        """Continue from `state_dict()` (also reads format-1 checkpoints' buffer section)."""
+        kind, cap = d.get("kind"), d.get("capacity")
+        if kind != self.kind or cap != self.capacity:
+            raise BufferError_(f"buffer state of a {kind} buffer of {cap} samples cannot be "
+                               f"loaded into a {self.kind} buffer of {self.capacity}: use the "
+                               f"same buffer.kind and buffer.capacity", (kind, cap))
+        size = int(d.get("size", -1))
+        if not 0 <= size <= self.capacity or ("x" in d) != ("y" in d):
+            raise BufferError_(f"buffer state holds {size} samples for capacity "
+                               f"{self.capacity}, or x without y: it is damaged", size)
+        with self.cond:
+            for k in self._scalars + self._extra:
+                if k in d:
+                    v = d[k]
+                    setattr(self, k, v.numpy().copy() if hasattr(v, "numpy") else v)
+            self.keys, self.seen = d["keys"].numpy().copy(), d["seen"].numpy().copy()
+            self.x = d["x"].numpy().copy() if "x" in d else None
+            self.y = d["y"].numpy().copy() if "y" in d else None
+            self.rng.bit_generator.state = d["rng"]
+            if self._arrivals is not None and "arrivals" in d:
+                self._arrivals = [tuple(r) for r in d["arrivals"].tolist()]
+            self.cond.notify_all()
+
+
+def _check_watermark(watermark, capacity):
+    if not isinstance(watermark, (int, np.integer)) or not 1 <= watermark <= capacity:
+        raise BufferError_(f"watermark {watermark!r} must be an integer in 1..capacity "
+                           f"({capacity})", watermark)
+
+
 class FIFO(_Base):
     kind = "fifo"
+    _extra = ("head",)
 
     def __init__(self, capacity: int, seed: int = 0, record: bool = False):
         super().__init__(capacity, seed, record)
@@ -197,41 +289,55 @@ class FIFO(_Base):
 
 
 class FIRO(_Base):
+    """First in, random out (see the module docstring); at most once per sample per batch."""
     kind = "firo"
 
-    def _has_room(self):
-        return self.size < self.capacity
+    def __init__(self, capacity: int, watermark: int = 1, seed: int = 0, pseudo_epochs: int = 1,
+                 record: bool = False):
+        super().__init__(capacity, seed, record)
+        _check_watermark(watermark, capacity)
+        if not isinstance(pseudo_epochs, (int, np.integer)) or pseudo_epochs < 1:
+            raise BufferError_(f"pseudo_epochs {pseudo_epochs!r} must be an integer >= 1 (times "
+                               f"each sample is served)", pseudo_epochs)
+        self.watermark = int(watermark)
+        self.pseudo_epochs = int(pseudo_epochs)
+
+    _has_room = FIFO._has_room
 
     def _insert(self, x, y, key):
         self._store(self.size, x, y, key)
         self.size += 1
 
-    _ready = FIFO._ready
+    def _ready(self, b):
+        # never more than the capacity: a full buffer is always ready (put blocks when full)
+        return (self.size >= max(self.watermark, min(b, self.capacity))
+                or (self.ended and self.size > 0))
+
     exhausted = FIFO.exhausted
 
     def _draw(self, b):
         n = min(b, self.size)
         idx = self.rng.choice(self.size, size=n, replace=False)
         batch = self._take(idx)
-        # fill the holes with the last samples (served ones are gone)
-        keep = np.setdiff1d(np.arange(self.size - n, self.size), idx, assume_unique=True)
-        holes = np.sort(idx[idx < self.size - n])
-        for h, k in zip(holes, keep):
-            self.x[h], self.y[h], self.keys[h], self.seen[h] = \
-                self.x[k], self.y[k], self.keys[k], self.seen[k]
-        self.size -= n
+        gone = idx[self.seen[idx] >= self.pseudo_epochs]  # served for the last time
+        # fill the holes below the new size with the survivors above it
+        m = self.size - len(gone)
+        keep = np.setdiff1d(np.arange(m, self.size), gone, assume_unique=True)
+        holes = np.sort(gone[gone < m])
+        for a in (self.x, self.y, self.keys, self.seen):
+            a[holes] = a[keep]
+        self.size = m
         return batch
 
 
 class Reservoir(_Base):
     kind = "reservoir"
+    _extra = ("batches_at_end",)
 
     def __init__(self, capacity: int, watermark: int, seed: int = 0,
                  post_stream_batches: int = -1, record: bool = False):
         super().__init__(capacity, seed, record)
-        if not 1 <= watermark <= capacity:
-            raise BufferError_(f"watermark {watermark} must be in 1..capacity ({capacity})",
-                               watermark)
+        _check_watermark(watermark, capacity)
         if post_stream_batches < -1:
             raise BufferError_(f"post_stream_batches {post_stream_batches} must be >= 0, or -1 "
                                f"(serve until the trainer stops)", post_stream_batches)
@@ -258,6 +364,23 @@ class Reservoir(_Base):
             self._store(i, x, y, key)
             self.evicted += 1
 
+    def _insert_many(self, x, y, keys) -> int:
+        """Vectorised `_insert`: the same draws, in the same order, as one `_insert` per row."""
+        n = len(keys)
+        m = min(n, self.capacity - self.size)
+        if m:
+            sl = slice(self.size, self.size + m)
+            self.x[sl], self.y[sl], self.keys[sl], self.seen[sl] = x[:m], y[:m], keys[:m], 0
+            self.size += m
+        if n > m:
+            idx = self.rng.integers(self.capacity, size=n - m)
+            uniq, first = np.unique(idx, return_index=True)
+            # a slot drawn twice held, the second time, a sample just stored and never served
+            self.evicted_unseen += int((self.seen[idx[first]] == 0).sum()) + (len(idx) - len(uniq))
+            self.x[idx], self.y[idx], self.keys[idx], self.seen[idx] = x[m:], y[m:], keys[m:], 0
+            self.evicted += n - m
+        return n
+
     def _ready(self, b):
         return self.size >= self.watermark or (self.ended and self.size > 0)
 
@@ -277,6 +400,7 @@ class Reservoir(_Base):
 class Offline(_Base):
     """The whole data set, then `epochs` shuffled epochs (the talk's unbiased reference)."""
     kind = "offline"
+    _extra = ("epoch", "pos", "order")
 
     def __init__(self, capacity: int, seed: int = 0, epochs: int = 1, record: bool = False):
         super().__init__(capacity, seed, record)
@@ -320,14 +444,23 @@ KINDS = ("reservoir", "fifo", "firo", "offline")
 
 
 def make_buffer(kind: str, capacity: int, watermark: int = 1, seed: int = 0, *,
-                post_stream_batches: int = -1, epochs: int = 1, record: bool = False) -> _Base:
-    """A buffer by name; `post_stream_batches` is the Reservoir's, `epochs` Offline's."""
+                post_stream_batches: int = -1, epochs: int = 1, pseudo_epochs: int = 1,
+                record: bool = False) -> _Base:
+    """A buffer by name; `watermark` is the Reservoir's and FIRO's, `post_stream_batches` the
+    Reservoir's, `pseudo_epochs` FIRO's, `epochs` Offline's."""
     if kind == "reservoir":
         return Reservoir(capacity, watermark, seed, post_stream_batches, record)
     if kind == "fifo":
         return FIFO(capacity, seed, record)
     if kind == "firo":
-        return FIRO(capacity, seed, record)
+        return FIRO(capacity, watermark, seed, pseudo_epochs, record)
     if kind == "offline":
         return Offline(capacity, seed, epochs, record)
     raise BufferError_(f"unknown buffer kind {kind!r}: use {', '.join(KINDS)}", kind)
+
+
+def from_config(b, seed_offset: int = 0) -> _Base:
+    """The buffer a [buffer] section (config.BufferConfig) describes; rank r passes seed_offset=r."""
+    return make_buffer(b.kind, b.capacity, b.watermark, b.seed + seed_offset,
+                       post_stream_batches=b.post_stream_batches, epochs=b.epochs,
+                       pseudo_epochs=b.pseudo_epochs, record=b.record_arrivals)

@@ -36,7 +36,7 @@ from .config import ConfigError
 from .errors import OTError
 from .imports import import_function
 from .prefetch import Prefetcher
-from .reservoir import make_buffer
+from .reservoir import from_config as buffer_from_config
 from .receiver import Receiver
 
 log = logging.getLogger(__name__)
@@ -144,10 +144,7 @@ def train(cfg, consumer=None, expected_sims: int | None = None, on_progress=None
         if env.world > 1:
             created = ddp.init_group(env, ddp.backend_for(device),
                                      float(os.environ.get("OT_DIST_TIMEOUT", "300")))
-        buf = make_buffer(cfg.buffer.kind, cfg.buffer.capacity, cfg.buffer.watermark,
-                          cfg.buffer.seed + env.rank,
-                          post_stream_batches=cfg.buffer.post_stream_batches,
-                          epochs=cfg.buffer.epochs, record=cfg.buffer.record_arrivals)
+        buf = buffer_from_config(cfg.buffer, seed_offset=env.rank)
         if mode is not None:
             adapter, buf = mode.adapter, mode.wrap(buf)
         rx = Receiver(consumer, buf, cfg, adapter, expected_sims, finished)

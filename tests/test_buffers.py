@@ -276,3 +276,217 @@ def test_bad_values_are_named():
     with pytest.raises(ConfigError, match="buffer.epochs"):
         load(overrides={"buffer.epochs": 0})
     assert load(overrides={"buffer.kind": "offline"}).buffer.kind == "offline"
+
+
+# --- FIRO as Melissa's: watermark and pseudo_epochs ---
+
+firo_ops = st.lists(st.one_of(st.tuples(st.just("put"), st.integers(0, 4)),
+                              st.tuples(st.just("get"), st.integers(1, 9)),
+                              st.tuples(st.just("end"), st.just(0))), max_size=150)
+
+
+@FAST
+@given(cap=st.integers(1, 24), wm_frac=st.floats(0, 1), pe=st.integers(1, 4), seq=firo_ops,
+       seed=st.integers(0, 2**16))
+def test_firo_watermark_and_pseudo_epochs(cap, wm_frac, pe, seq, seed):
+    """Nothing lost, nothing served more than pseudo_epochs times (exactly that many after a full
+    drain), at most once per batch, size <= capacity, and no batch while fewer than `watermark`
+    samples are present unless the stream has ended."""
+    wm = max(1, round(wm_frac * cap))
+    buf = make_buffer("firo", cap, watermark=wm, seed=seed, pseudo_epochs=pe)
+    counts, received, step = {}, [], 0
+
+    def get(n):
+        before, ended = len(buf), buf.ended
+        b = buf.get_batch(n, timeout=0)
+        if b is not None:
+            assert ended or before >= wm  # the watermark holds while the stream runs
+            assert ended or len(b.keys) == min(n, cap)  # full batches while streaming
+            check_content(b)
+            keys = [tuple(r) for r in b.keys]
+            assert len(set(keys)) == len(keys)  # a sample at most once per batch
+            for k in keys:
+                counts[k] = counts.get(k, 0) + 1
+                assert counts[k] <= pe
+        return b
+
+    for op, n in seq:
+        if op == "put" and not buf.ended:
+            step += 1
+            key = (n, step)
+            while not buf.put(*sample(*key), key=key, timeout=0):
+                assert len(buf) == cap and get(1) is not None  # a full buffer is always ready
+            received.append(key)
+        elif op == "get":
+            get(n)
+        elif op == "end":
+            buf.end_stream()
+        assert 0 <= len(buf) <= cap
+        # each received sample is present or has been served pseudo_epochs times
+        present = [tuple(r) for r in buf.keys[:len(buf)]]
+        assert len(set(present)) == len(present)
+        assert set(present) | {k for k, c in counts.items() if c == pe} == set(received)
+        assert all(counts.get(k, 0) < pe for k in present)
+    buf.end_stream()
+    while get(5) is not None:
+        pass
+    assert buf.exhausted and len(buf) == 0
+    assert counts == {k: pe for k in received}  # exactly pseudo_epochs servings each
+    assert buf.stats()["served"] == pe * len(received)
+
+
+@pytest.mark.timeout(30)
+def test_firo_below_watermark_waits_without_spinning_then_drains_at_the_end():
+    buf = make_buffer("firo", 50, watermark=20, seed=2, pseudo_epochs=2)
+    got = {}
+
+    def trainer():
+        got["b"] = buf.get_batch(8, timeout=10)
+
+    th = threading.Thread(target=trainer)
+    th.start()
+    for i in range(19):
+        buf.put(*sample(0, i), key=(0, i))
+    th.join(0.3)
+    assert th.is_alive() and buf.stats()["wakeups"] <= 25  # 19 < watermark: waits on the cond
+    buf.put(*sample(0, 19), key=(0, 19))
+    th.join(10)
+    assert len(got["b"].keys) == 8 and len(buf) == 20  # first serving: nothing leaves yet
+    assert buf.get_batch(8, timeout=0) is not None  # still 20 present
+    buf.end_stream()  # below the watermark, but the stream has ended: drain
+    n = 16
+    while (b := buf.get_batch(8, timeout=0)) is not None:
+        n += len(b.keys)
+    assert n == 40 and buf.exhausted
+
+
+@pytest.mark.timeout(30)
+def test_concurrent_firo_with_watermark_and_pseudo_epochs_serves_each_twice():
+    buf = make_buffer("firo", 16, watermark=10, seed=0, pseudo_epochs=2)
+    keys = interleave(20, 25, 4, 1)
+    served = []
+
+    def receiver():
+        for key in keys:
+            assert buf.put(*sample(*key), key=key, timeout=10)
+        buf.end_stream()
+
+    th = threading.Thread(target=receiver)
+    th.start()
+    while (b := buf.get_batch(7, timeout=10)) is not None:
+        check_content(b)
+        served += [tuple(r) for r in b.keys]
+    th.join(10)
+    assert sorted(served) == sorted(keys * 2)
+
+
+# --- state for resumable checkpoints ---
+
+def _roundtrip(state):
+    import io
+
+    import torch
+    f = io.BytesIO()
+    torch.save(state, f)
+    f.seek(0)
+    return torch.load(f, weights_only=True)
+
+
+def _script(n_ops, seed):
+    """A fixed interleaving of puts, gets and the end of the stream (from `seed`)."""
+    rng = np.random.default_rng(seed)
+    order = interleave(5, 16, 3, seed)
+    ops, i = [], 0
+    while i < len(order):
+        if rng.random() < 0.6:
+            ops.append(("put", order[i]))
+            i += 1
+        else:
+            ops.append(("get", int(rng.integers(1, 9))))
+    ops.append(("end", None))
+    ops += [("get", int(rng.integers(1, 9))) for _ in range(n_ops)]
+    return ops
+
+
+def _apply(buf, op, arg, out):
+    if op == "put":
+        while not buf.put(*sample(*arg), key=arg, timeout=0):
+            out.append(buf.get_batch(4, timeout=0))
+    elif op == "get":
+        out.append(buf.get_batch(arg, timeout=0))
+    else:
+        buf.end_stream()
+
+
+KIND_ARGS = {"fifo": {}, "firo": {"watermark": 12}, "firo-pe3": {"watermark": 6, "pseudo_epochs": 3},
+             "reservoir": {"watermark": 10, "post_stream_batches": 12},
+             "offline": {"epochs": 3}}
+
+
+@settings(max_examples=15, deadline=None)
+@given(kind=st.sampled_from(sorted(KIND_ARGS)), split=st.floats(0, 1), seed=st.integers(0, 999))
+def test_state_dict_roundtrip_continues_with_the_same_batches(kind, split, seed):
+    """Interrupt anywhere (before/after the end of the stream, mid-epoch), save through
+    torch.save / torch.load(weights_only=True), load into a fresh buffer built with another
+    seed: it serves exactly the batches the uninterrupted buffer serves."""
+    def new(s):
+        return make_buffer(kind.split("-")[0], 100 if kind == "offline" else 24, seed=s,
+                           record=True, **KIND_ARGS[kind])
+
+    ops = _script(40, seed)
+    ref, ref_out = new(seed), []
+    for op in ops:
+        _apply(ref, *op, ref_out)
+    k = int(split * len(ops))
+    a, out = new(seed), []
+    for op in ops[:k]:
+        _apply(a, *op, out)
+    b = new(seed + 1)  # the RNG state must come from the state, not the constructor
+    b.load_state_dict(_roundtrip(a.state_dict()))
+    for op in ops[k:]:
+        _apply(b, *op, out)
+    assert len(out) == len(ref_out)
+    for x, y in zip(out, ref_out):
+        assert (x is None) == (y is None)
+        if x is not None:
+            assert np.array_equal(x.keys, y.keys) and np.array_equal(x.x, y.x)
+            assert np.array_equal(x.y, y.y)
+    assert b.stats() == {**ref.stats(), "wakeups": b.stats()["wakeups"]}
+    assert np.array_equal(b.arrivals(), ref.arrivals()) and b.exhausted == ref.exhausted
+    assert sum(x is not None for x in ref_out) > 0
+
+
+def test_state_of_another_kind_or_capacity_is_refused():
+    buf = make_buffer("firo", 10, watermark=2)
+    buf.put(*sample(0, 0), key=(0, 0))
+    st_ = buf.state_dict()
+    with pytest.raises(BufferError_, match="firo buffer of 10 samples cannot be loaded into a "
+                                           "fifo buffer of 10") as e:
+        make_buffer("fifo", 10).load_state_dict(st_)
+    assert e.value.value == ("firo", 10)
+    with pytest.raises(BufferError_, match="same buffer.kind and buffer.capacity"):
+        make_buffer("firo", 11, watermark=2).load_state_dict(st_)
+    empty = make_buffer("reservoir", 10, watermark=2)
+    other = make_buffer("reservoir", 10, watermark=2)
+    other.load_state_dict(_roundtrip(empty.state_dict()))  # nothing received yet: no arrays
+    assert other.x is None and len(other) == 0
+    other.put(*sample(1, 1), key=(1, 1))
+    assert len(other) == 1
+
+
+def test_firo_and_config_bad_values_are_named():
+    with pytest.raises(BufferError_, match="pseudo_epochs 0 must be an integer >= 1") as e:
+        make_buffer("firo", 10, pseudo_epochs=0)
+    assert e.value.value == 0
+    with pytest.raises(BufferError_, match="watermark 11 must be an integer in 1..capacity"):
+        make_buffer("firo", 10, watermark=11)
+    with pytest.raises(ConfigError, match="buffer.pseudo_epochs") as e:
+        load(overrides={"buffer.pseudo_epochs": 0})
+    assert e.value.key == "buffer.pseudo_epochs" and e.value.value == 0
+    with pytest.raises(ConfigError, match="buffer.pseudo_epochs"):
+        load(overrides={"buffer.pseudo_epochs": "2"})
+    cfg = load(overrides={"buffer.kind": "firo", "buffer.pseudo_epochs": 3,
+                          "buffer.capacity": 40})
+    from onlinetrain.reservoir import from_config
+    buf = from_config(cfg.buffer, seed_offset=1)
+    assert (buf.kind, buf.pseudo_epochs, buf.watermark, buf.capacity) == ("firo", 3, 10, 40)

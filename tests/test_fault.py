@@ -12,6 +12,7 @@ import psutil
 import pytest
 import torch
 
+from onlinetrain.assembly import steps_received
 from onlinetrain.ledger import Ledger
 
 from conftest import ROOT
@@ -83,7 +84,7 @@ def all_pairs(ids):
 def received(study):
     """The trainer's own accounting, from its final checkpoint."""
     ck = torch.load(study / "checkpoint.pt", weights_only=True)
-    seen = [tuple(x) for x in ck["sections"]["receiver"]["seen"].tolist()]
+    seen = steps_received(ck["sections"]["receiver"])
     assert len(seen) == len(set(seen))
     return set(seen), ck
 

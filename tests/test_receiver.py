@@ -50,6 +50,9 @@ def test_a_failure_report_after_completion_does_not_count_as_failed(ring_name):
         rx.start()
         nothing = np.zeros(0, np.float32)
         prod.put(fr.Frame(0, 1, np.zeros(1), "crash", nothing, fr.SIM_FAILED))  # attempt 1
+        for sid in (0, 1):  # done = SIM_END and every step it announces
+            prod.put_many([fr.Frame(sid, k, np.zeros(1), "T", np.ones(4, np.float32))
+                           for k in range(5)])
         prod.put(fr.sim_end(0, {"T": (5, 1)}))                                  # attempt 2 done
         prod.put(fr.sim_end(1, {"T": (5, 1)}))
         prod.put(fr.Frame(1, 1, np.zeros(1), "node lost", nothing, fr.SIM_FAILED))  # late report

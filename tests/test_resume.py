@@ -13,11 +13,12 @@ import psutil
 import pytest
 import torch
 
-from onlinetrain import checkpoint, config
+from onlinetrain import checkpoint, config, frame as fr
+from onlinetrain.assembly import steps_received
 from onlinetrain.checkpoint import CheckpointError
 from onlinetrain.reservoir import make_buffer
 from onlinetrain.surrogate import build_mlp
-from onlinetrain.trainer import Receiver
+from onlinetrain.receiver import Receiver
 
 from conftest import ROOT
 from test_fault import all_pairs, received, write_study
@@ -26,18 +27,25 @@ OT = [sys.executable, "-m", "onlinetrain"]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 
 
+def _xy(frame, cfg):
+    """A one-field adapter: x = the first 6 values, y = the rest."""
+    return frame.array[:6], frame.array[6:]
+
+
 def _setup(cfg, fill=True):
-    """A receiver (not started), a filled reservoir, a model, optimizer and scheduler."""
+    """A receiver (not started) that took 100 steps of 10 simulations through its real path (a
+    filled reservoir), two SIM_ENDs and one held-out step; a model, optimizer and scheduler."""
     torch.manual_seed(0)
     buf = make_buffer("reservoir", 64, 16, seed=1)
-    rx = Receiver(None, buf, cfg, None)
+    rx = Receiver(None, buf, cfg, _xy)
     if fill:
         rng = np.random.default_rng(0)
-        for i in range(100):  # evictions too
-            buf.put(rng.random(6, np.float32), rng.random(10, np.float32), (i // 10, i % 10))
-            rx.seen.add((i // 10, i % 10))
-        rx.sims_done = {0, 1}
-        rx.val[(99, 1)] = (np.ones(6, np.float32), np.zeros(10, np.float32))
+        frames = [fr.Frame(i // 10, i % 10, np.zeros(1), "T", rng.random(16, np.float32))
+                  for i in range(100)]  # evictions too
+        frames += [fr.sim_end(s, {"T": (10, 1)}) for s in (0, 1)]
+        frames.append(fr.Frame(99, 1, np.zeros(1), "T", np.ones(16, np.float32)))
+        rx.handle_batch(frames[:50])
+        rx.handle_batch(frames[50:])
     model = build_mlp(6, 10, cfg)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, [3, 7], 0.5)
@@ -56,7 +64,7 @@ def _steps(buf, model, opt, sched, n):
 
 
 def test_resume_is_exact(tmp_path):
-    cfg = config.load(None, {"model.hidden": 16})
+    cfg = config.load(None, {"model.hidden": 16, "validation.first_id": 99})
     rx, buf, model, opt, sched = _setup(cfg)
     _steps(buf, model, opt, sched, 5)
     checkpoint.save(tmp_path, checkpoint.capture(model, opt, sched, 5, rx, buf, cfg))
@@ -65,7 +73,9 @@ def test_resume_is_exact(tmp_path):
     ck = checkpoint.load_latest(tmp_path)
     checkpoint.restore_stream(ck, rx2, buf2)
     assert checkpoint.restore_training(ck, model2, opt2, sched2) == 5
-    assert rx2.seen == rx.seen and rx2.sims_done == {0, 1} and list(rx2.val) == [(99, 1)]
+    assert steps_received(rx2.state_dict()) == steps_received(rx.state_dict())
+    assert len(steps_received(rx.state_dict())) == 101
+    assert rx2.sims_done == {0, 1} and list(rx2.val) == [(99, 1)] and rx2.samples == 101
     assert buf2.size == 64 and buf2.evicted == buf.evicted
     resumed = _steps(buf2, model2, opt2, sched2, 5)
     assert all(torch.equal(a, b) for a, b in zip(straight, resumed))

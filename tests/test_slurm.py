@@ -17,6 +17,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from onlinetrain.assembly import steps_received
 from onlinetrain import checkpoint
 from onlinetrain import slurm as S
 from tests.slurm_cluster import SlurmCluster
@@ -215,11 +216,11 @@ def test_killed_trainer_resumes_from_its_checkpoint_and_reruns_only_what_it_lost
     assert summary["samples_received"] == 8 * 10 and summary["buffer"]["served"] == 6 * 10
     final = checkpoint.load_latest(d)
     assert checkpoint.fully_received(final) == set(ALL_IDS)
-    seen = final["receiver"]["seen"].numpy().tolist()
-    assert sorted(map(tuple, seen)) == [(s, k) for s in ALL_IDS for k in range(1, 11)]
-    lost = [k for k in ck["receiver"]["seen"].numpy().tolist() if k[0] not in fully]
+    seen = steps_received(final["sections"]["receiver"])
+    assert seen == [(s, k) for s in ALL_IDS for k in range(1, 11)]
+    lost = [k for k in steps_received(ck["sections"]["receiver"]) if k[0] not in fully]
     assert lost  # sim 3's two steps at least: re-sent by its rerun, dropped as duplicates
-    assert summary["duplicates_dropped"] == ck["receiver"]["duplicates"] + len(lost)
+    assert summary["duplicates_dropped"] == ck["sections"]["receiver"]["duplicates"] + len(lost)
     # simulations fully received before the crash ran once; the others ran again
     for sid in ALL_IDS:
         outcomes = [a["outcome"] for a in attempts(d) if a["sim"] == sid]

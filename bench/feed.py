@@ -1,0 +1,284 @@
+"""Feed benchmark: does the receiving path keep the training loop fed, and the loop the receiver?
+
+    flock /tmp/ot-bench.lock nice -n 0 env PYTHONPATH=$PWD python bench/feed.py --quick
+
+All arms use the real training loop (`onlinetrain.trainer.train`, given the consumer end of a shm
+ring), the heat2d adapter and `build_mlp`; producers are separate processes using the real
+producer API (RingProducer.put_many, frames with SIM_END counts), like `ot simulate`.
+
+  memory     the trainer's step (same model, optimizer, batch, threads) over a preloaded in-memory
+             tensor: the rate the loop reaches when data costs nothing
+  reservoir  train() fed from a filled Reservoir (capacity 2000, watermark 2000), the receiver
+             running (polling the ring), no further ingest
+  ingest     the same while a producer sends 4x4 float32 frames paced at 20,000 frames/s
+  big-idle   a producer paced at 500 frames/s of 64 KB (128x128 float32) into a 4 MB ring (less
+             than rate x duration), a receiver alone (the trainer idle)
+  big-train  the same producer while train() trains a small model flat out on what arrives
+  drain      a Receiver thread alone draining 100,000 4x4 frames from a filled ring: its CPU time
+             per frame (thread CPU clock), decode + assembly + adapter + buffer
+
+Rates are taken from the trainer's own metrics (on_progress: time, batch, samples) between the
+first report after the buffer filled and the end of the window. The last line is JSON:
+feed_over_memory (reservoir / memory samples/s), train_under_ingest (ingest / reservoir
+batches/s), ingest_under_training (big-train / big-idle frames adapted per second),
+ingest_frames_per_s (frames adapted per second in the ingest arm), receive_us_per_frame (drain).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import sys
+import tempfile
+import threading
+import time
+import uuid
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from onlinetrain import config, frame as fr  # noqa: E402
+from onlinetrain.shm_channel import RingConsumer, RingProducer  # noqa: E402
+
+CTX = mp.get_context("spawn")
+STEPS = 100  # per simulation
+PARAMS = np.array([300.0, 350.0, 250.0, 400.0, 200.0])
+
+
+# ---- producer (a spawned process) ----
+
+def produce(name, side, rate, fill, seconds, go, stop, counter):
+    """`fill` frames at once, then `rate` frames/s (paced) for `seconds` or until `stop`; frames of
+    `side` x `side` float32, 100 steps per simulation, each simulation ends with its SIM_END."""
+    p = RingProducer.attach(name, timeout=30)
+    a = np.random.default_rng(0).random((side, side)).astype(np.float32) * 100 + 250
+    sent = [0]
+
+    def send(n):
+        frames = []
+        for _ in range(n):
+            i = sent[0]
+            sid, k = divmod(i, STEPS)
+            frames.append(fr.Frame(sid, k, PARAMS, "T", a))
+            if k == STEPS - 1:
+                frames.append(fr.sim_end(sid, {"T": (STEPS, 1)}, PARAMS))
+            sent[0] += 1
+        p.put_many(frames, timeout=60)
+    chunk = 512
+    while sent[0] < fill:
+        send(min(chunk, fill - sent[0]))
+    go.wait()
+    if rate:
+        t0, base = time.monotonic(), sent[0]
+        per = max(1, int(rate / 200))  # 200 sends a second
+        while not stop.is_set() and time.monotonic() - t0 < seconds:
+            due = base + int((time.monotonic() - t0) * rate)
+            if sent[0] < due:
+                send(min(due - sent[0], 4 * per))
+            else:
+                time.sleep(per / rate)
+    counter.value = sent[0]
+    stop.wait(seconds + 60)
+    p.close()
+
+
+def _start_producer(name, side, rate, fill, seconds):
+    go, stop, counter = CTX.Event(), CTX.Event(), CTX.Value("q", 0)
+    pr = CTX.Process(target=produce, args=(name, side, rate, fill, seconds, go, stop, counter),
+                     daemon=True)
+    pr.start()
+    return pr, go, stop, counter
+
+
+def _cfg(out, **kw):
+    ov = {"simulate.producers": 1, "solver.steps": STEPS, "buffer.kind": "reservoir",
+          "buffer.capacity": 2000, "buffer.watermark": 2000, "model.hidden": 64,
+          "model.layers": 2, "train.batch_size": 32, "train.threads": 1,
+          "train.max_batches": 10 ** 9, "train.val_every": 50, "train.lr_milestones": [],
+          "output.dir": str(out), "channel.idle_timeout": 600}
+    ov.update(kw)
+    return config.load(None, ov)
+
+
+# ---- arms ----
+
+def memory_arm(cfg, seconds):
+    """The trainer's step over an in-memory tensor (the same model, optimizer, batch, threads)."""
+    import torch  # noqa: PLC0415
+
+    from onlinetrain.surrogate import build_mlp  # noqa: PLC0415
+    torch.manual_seed(0)
+    torch.set_num_threads(cfg.train.threads)
+    n, b = cfg.buffer.capacity, cfg.train.batch_size
+    x = torch.rand(n, 6)
+    y = torch.rand(n, 16)
+    model = build_mlp(6, 16, cfg)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, cfg.train.lr_milestones, cfg.train.lr_gamma)
+    rng = np.random.default_rng(0)
+    batches, acc = 0, 0.0
+    t0 = time.monotonic()
+    while True:
+        idx = torch.from_numpy(rng.integers(n, size=b))
+        loss = torch.nn.functional.mse_loss(model(x[idx]), y[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        acc += loss.item()
+        batches += 1
+        if batches % 50 == 0 and time.monotonic() - t0 > seconds:
+            break
+    dt = time.monotonic() - t0
+    return {"batches_per_s": batches / dt, "samples_per_s": batches * b / dt}
+
+
+def train_arm(cfg, name, side, rate, fill, seconds):
+    """train() on the ring while a producer sends; rates from its on_progress reports."""
+    from onlinetrain.trainer import train  # noqa: PLC0415
+    ring = RingConsumer.create(name, capacity=cfg.channel.ring_mb << 20)
+    pr, go, stop, counter = _start_producer(name, side, rate, fill, seconds + 30)
+    if not fill:
+        go.set()  # nothing to fill: the paced phase starts at once
+    reports, stop_train = [], threading.Event()
+    state = {"t0": None}
+
+    def progress(m):
+        now = time.monotonic()
+        reports.append((now, m["batch"], m["samples"]))
+        if state["t0"] is None:
+            state["t0"] = now
+            go.set()  # the buffer is full and the loop runs: start the paced phase
+        elif now - state["t0"] > seconds:
+            stop_train.set()
+    try:
+        train(cfg, consumer=ring, on_progress=progress, stop_event=stop_train)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop.set()
+        pr.join(10)
+        if pr.is_alive():
+            pr.kill()
+        ring.close()
+    (t0, b0, s0), (t1, b1, s1) = reports[0], reports[-1]
+    dt = t1 - t0
+    return {"batches_per_s": (b1 - b0) / dt, "samples_per_s": (b1 - b0) * cfg.train.batch_size / dt,
+            "frames_per_s": (s1 - s0) / dt, "sent": counter.value}
+
+
+def idle_receiver_arm(cfg, name, side, rate, seconds):
+    """The paced producer into a receiver alone (no training): frames adapted per second."""
+    from onlinetrain.receiver import Receiver  # noqa: PLC0415
+    from onlinetrain.reservoir import make_buffer  # noqa: PLC0415
+    from onlinetrain.surrogate import heat2d_xy  # noqa: PLC0415
+    ring = RingConsumer.create(name, capacity=cfg.channel.ring_mb << 20)
+    pr, go, stop, counter = _start_producer(name, side, rate, 0, seconds + 30)
+    buf = make_buffer("reservoir", cfg.buffer.capacity, cfg.buffer.watermark)
+    rx = Receiver(ring, buf, cfg, heat2d_xy)
+    rx.start()
+    try:
+        go.set()
+        deadline = time.monotonic() + 60
+        while rx.samples < 50 and time.monotonic() < deadline:  # the producer is up and sending
+            time.sleep(0.01)
+        t0, s0 = time.monotonic(), rx.samples
+        time.sleep(seconds)
+        t1, s1 = time.monotonic(), rx.samples
+    finally:
+        rx.stop_event.set()
+        rx.join(5)
+        stop.set()
+        pr.join(10)
+        if pr.is_alive():
+            pr.kill()
+        ring.close()
+    return {"frames_per_s": (s1 - s0) / (t1 - t0)}
+
+
+def big_train_arm(cfg, name, side, rate, seconds):
+    """The paced producer while train() trains flat out (watermark 1: it starts at once)."""
+    return train_arm(cfg, name, side, rate, 0, seconds)
+
+
+def drain_arm(cfg, name, n):
+    """A receiver draining n 4x4 frames already in the ring: CPU seconds per frame."""
+    from onlinetrain.receiver import Receiver  # noqa: PLC0415
+    from onlinetrain.reservoir import make_buffer  # noqa: PLC0415
+    from onlinetrain.surrogate import heat2d_xy  # noqa: PLC0415
+    ring = RingConsumer.create(name, capacity=64 << 20)
+    pr, go, stop, counter = _start_producer(name, 4, 0, n, 1)
+    try:
+        go.set()
+        deadline = time.monotonic() + 120
+        while counter.value < n and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with RingProducer.attach(name) as p:
+            p.put(fr.Frame(-1, 0, np.zeros(0), "end", np.zeros(0, np.float32), fr.STREAM_END))
+        rx = Receiver(ring, make_buffer("reservoir", 2000, 500), cfg, heat2d_xy)
+        c0, t0 = time.thread_time(), time.monotonic()
+        rx.run()  # in this thread, so that its CPU clock is this thread's
+        c1, t1 = time.thread_time(), time.monotonic()
+        assert rx.error is None and rx.samples == n, (rx.error, rx.samples)
+    finally:
+        stop.set()
+        pr.join(10)
+        if pr.is_alive():
+            pr.kill()
+        ring.close()
+    return {"cpu_us_per_frame": (c1 - c0) / n * 1e6, "wall_us_per_frame": (t1 - t0) / n * 1e6}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="short windows (under a minute)")
+    ap.add_argument("--seconds", type=float, default=None, help="window of each arm")
+    a = ap.parse_args(argv)
+    sec = a.seconds or (4.0 if a.quick else 15.0)
+    tag = uuid.uuid4().hex[:8]
+    res = {}
+
+    def log(arm):
+        print(f"# {arm}: {res[arm]}", file=sys.stderr, flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        small = _cfg(os.path.join(tmp, "small"))
+        res["memory"] = memory_arm(small, sec)
+        log("memory")
+        res["reservoir"] = train_arm(small, f"feed_{tag}_r", 4, 0, 2000, sec)
+        log("reservoir")
+        res["ingest"] = train_arm(_cfg(os.path.join(tmp, "ingest")), f"feed_{tag}_i", 4, 20_000,
+                                  2000, sec)
+        log("ingest")
+        big = _cfg(os.path.join(tmp, "big"), **{"buffer.capacity": 300, "buffer.watermark": 1,
+                                                 "model.hidden": 16, "model.layers": 1,
+                                                 "channel.ring_mb": 4})
+        res["big-idle"] = idle_receiver_arm(big, f"feed_{tag}_bi", 128, 500, sec)
+        log("big-idle")
+        res["big-train"] = big_train_arm(big, f"feed_{tag}_bt", 128, 500, sec)
+        log("big-train")
+        res["drain"] = drain_arm(small, f"feed_{tag}_d", 20_000 if a.quick else 100_000)
+        log("drain")
+    print(f"{'arm':<10} {'samples/s':>10} {'batches/s':>10} {'frames/s':>10}")
+    for k, v in res.items():
+        if k == "drain":
+            continue
+        print(f"{k:<10} {v.get('samples_per_s', float('nan')):>10.0f} "
+              f"{v.get('batches_per_s', float('nan')):>10.1f} {v.get('frames_per_s', float('nan')):>10.0f}")
+    d = res["drain"]
+    print(f"drain: {d['cpu_us_per_frame']:.2f} us CPU / frame, {d['wall_us_per_frame']:.2f} us wall")
+    def ratio(a, b):
+        return round(a / b, 3) if b else None
+    out = {"feed_over_memory": ratio(res["reservoir"]["samples_per_s"],
+                                     res["memory"]["samples_per_s"]),
+           "train_under_ingest": ratio(res["ingest"]["batches_per_s"],
+                                       res["reservoir"]["batches_per_s"]),
+           "ingest_under_training": ratio(res["big-train"]["frames_per_s"],
+                                          res["big-idle"]["frames_per_s"]),
+           "ingest_frames_per_s": round(res["ingest"]["frames_per_s"]),
+           "receive_us_per_frame": round(d["cpu_us_per_frame"], 2)}
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
