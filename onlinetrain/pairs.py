@@ -70,6 +70,14 @@ class PairBuffer:
             self._held[sim] = chain[-(self.window - 1):]
         return True
 
+    def put_many(self, x, y, keys, timeout: float | None = None) -> int:
+        """put() each row in order; how many went in (fewer only if the inner buffer stayed full
+        for `timeout`: the rest changed nothing and may be put again)."""
+        for i in range(len(keys)):
+            if not self.put(x[i], y[i], keys[i], timeout if i == 0 else 0):
+                return i
+        return len(keys)
+
     def end_sim(self, sim_id: int):
         with self._lock:
             self._held.pop(int(sim_id), None)

@@ -131,3 +131,16 @@ def test_a_put_that_times_out_changes_nothing():
     buf.get_batch(1, timeout=0)
     assert buf.put(*step_arrays(0, 2), key=(0, 2), timeout=0.05)  # the retry forms it
     check_windows(buf, buf.get_batch(1, timeout=0))
+
+
+def test_put_many_is_put_row_by_row():
+    order = [(0, 0), (1, 4), (0, 1), (1, 5), (0, 2), (0, 4)]
+    xs = np.stack([step_arrays(s, t)[0] for s, t in order])
+    ys = np.stack([step_arrays(s, t)[1] for s, t in order])
+    a = PairBuffer(make_buffer("fifo", 2))
+    assert a.put_many(xs, ys, np.array(order), timeout=0.05) == 4  # full: (0,2) waits
+    assert a.windows == 2 and a.gaps == 0
+    a.get_batch(2, timeout=0)
+    assert a.put_many(xs[4:], ys[4:], np.array(order[4:]), timeout=0.05) == 2
+    assert a.windows == 3 and a.gaps == 1  # (0,4) does not follow (0,2)
+    check_windows(a, a.get_batch(1, timeout=0))
