@@ -21,7 +21,7 @@ $(VPY):
 venv: $(VPY)
 
 install: $(VPY)
-	$(PIP_INSTALL) "torch==2.13.0" -e ".[test,mpi]" mpich  # mpich wheel: the MPI of tests/test_mpi.py
+	$(PIP_INSTALL) "torch==2.13.0" -e ".[test,mpi,plot,tensorboard]" mpich  # mpich wheel: the MPI of tests/test_mpi.py
 
 demo: install
 	$(VPY) -m onlinetrain run examples/heat2d.toml
@@ -31,6 +31,8 @@ demo: install
 deps:
 	@test -x /usr/sbin/slurmctld || command -v slurmctld >/dev/null || { $(SUDO) apt-get update -qq && \
 	  $(APT_INSTALL) slurmctld slurmd slurm-client munge; }
+# ot report's browser test: Playwright drives Debian's chromium (its own download is not reachable)
+	@test -x /usr/bin/chromium || { $(SUDO) apt-get update -qq && $(APT_INSTALL) chromium; }
 	@m=; for t in cc gfortran mpicc mpif90 mpiexec pkg-config; do command -v $$t >/dev/null || m=1; done; \
 	  test -z "$$m" || { $(SUDO) apt-get update -qq && $(APT_INSTALL) gcc gfortran libmpich-dev mpich pkg-config libc6-dev; }
 

@@ -122,8 +122,7 @@ class Autoregressive:
 
     def validate(self, model, rx) -> dict:
         from .rollout import evaluate, trajectories  # noqa: PLC0415
-        with rx.lock:  # the receiver inserts meanwhile
-            val = dict(rx.val)
+        val = rx.val  # a snapshot: the receiver inserts meanwhile
         device = next(model.parameters()).device
         was = model.training
         model.eval()

@@ -113,6 +113,9 @@ def capture(model, opt, sched, batches: int, rx, buf, cfg, *, dims=None, pending
     as (x, y, keys) arrays: a resumed run trains them first."""
     with rx.lock, buf.cond:
         sections = {"buffer": _buffer_state(buf), "receiver": _receiver_state(rx)}
+        if getattr(rx, "stats", None) is not None:  # [stats]: docs/stats.md
+            from .stats_state import to_tensors  # noqa: PLC0415
+            sections["stats"] = to_tensors(rx.stats.state_dict())
     sections["rng"] = rng_state(device)
     sections["prefetch"] = {"batches": [{"x": _t(x), "y": _t(y), "keys": _t(k, np.int64)}
                                         for x, y, k in pending]}
@@ -306,6 +309,12 @@ def restore_stream(ck: dict, rx, buf):
     except CheckpointError as e:
         raise CheckpointError(f"checkpoint {ck.get('path')}: {e}", ck.get("path")) from None
     _receiver_load(rx, ck["sections"]["receiver"])
+    if getattr(rx, "stats", None) is not None:
+        if "stats" in ck["sections"]:
+            rx.stats.load_state_dict(ck["sections"]["stats"])
+        else:
+            log.warning("checkpoint %s has no statistics section: the statistics start from the "
+                        "frames received from now on", ck.get("path"))
 
 
 def pending_batches(ck: dict) -> list[tuple]:

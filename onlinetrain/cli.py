@@ -16,6 +16,8 @@ import click
 
 from . import config as C
 from .cli_common import Guard as _Guard
+from .cli_user import set_option
+from .progress import progress_reporter
 
 log = logging.getLogger("onlinetrain")
 
@@ -33,20 +35,28 @@ def main(verbose):
 @main.command()
 @click.option("-n", "n", type=int, required=True, help="Number of parameter sets.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--method", type=click.Choice(["uniform", "lhs", "halton", "sobol"]),
-              default="uniform", show_default=True)
+@click.option("--method", type=click.Choice(["uniform", "lhs", "halton", "sobol", "pick-freeze"]),
+              default="uniform", show_default=True,
+              help="pick-freeze: -n groups of p+2 rows for Sobol' indices (docs/stats.md).")
+@click.option("--base", type=click.Choice(["uniform", "lhs", "halton", "sobol"]), default="uniform",
+              show_default=True, help="pick-freeze: the method drawing each group's A and B.")
+@click.option("--second-order", is_flag=True, help="pick-freeze: add C_k rows (2p+2 per group).")
 @click.option("--bounds", multiple=True, metavar="LOW:HIGH",
               help="Bounds of each parameter (repeat per parameter; default 100:500 x 5).")
 @click.option("--dim", type=int, default=5, show_default=True,
               help="Number of parameters when a single --bounds is given for all.")
 @click.option("--start-id", type=int, default=0, show_default=True)
-def sample(n, seed, method, bounds, dim, start_id):
+def sample(n, seed, method, base, second_order, bounds, dim, start_id):
     """Print N parameter sets as JSON lines {"id": ..., "params": [...]}."""
     from . import sampler  # noqa: PLC0415
     with _Guard():
         b = sampler.parse_bounds(bounds) if bounds else list(sampler.DEFAULT_BOUNDS)
         if len(b) == 1:
             b = b * dim
+        if method == "pick-freeze":
+            for row in sampler.pick_freeze(n, seed, base, b, start_id, second_order):
+                click.echo(json.dumps(row))
+            return
         click.echo(sampler.to_jsonl(sampler.sample(n, seed, method, b, start_id)), nl=False)
 
 
@@ -66,9 +76,10 @@ def sample(n, seed, method, bounds, dim, start_id):
 @click.option("--connect-timeout", type=float, help="Seconds to wait for the channel to appear.")
 @click.option("--relay", is_flag=True, help="tcp:// only: simulations write to a local ring and "
               "one relay thread forwards (always on for mpi://).")
+@set_option
 @click.argument("program", nargs=-1, type=click.UNPROCESSED)
 def simulate(url, study_dir, params_file, config_path, concurrency, solver, n, steps, scheme,
-             connect_timeout, relay, program):
+             connect_timeout, relay, sets, program):
     """Run a simulation for each parameter set and stream every time step to a channel.
 
     After `--`, an external PROGRAM template ({sim_id} {params} {p0}.. {channel}) instrumented
@@ -91,14 +102,14 @@ def simulate(url, study_dir, params_file, config_path, concurrency, solver, n, s
             "solver.kind": kind, "solver.function": solver if kind == "python" else None,
             "solver.argv": list(program) or None, "solver.n": n, "solver.steps": steps,
             "solver.scheme": scheme, "simulate.concurrency": concurrency,
-            "channel.connect_timeout": connect_timeout})
-        sets = read_jsonl(params_file, getattr(params_file, "name", "<stdin>"))
+            "channel.connect_timeout": connect_timeout}, sets=sets)
+        psets = read_jsonl(params_file, getattr(params_file, "name", "<stdin>"))
         if url.startswith("mpi://"):  # every simulate rank of the MPI job reads the same file
             from .mpi_channel import share  # noqa: PLC0415
-            sets = share(sets)
+            psets = share(psets)
         from .relay import maybe_relayed  # noqa: PLC0415
         with maybe_relayed(url, relay, cfg.channel.connect_timeout) as target:
-            res = run_simulations(sets, cfg.solver, target, cfg.simulate.concurrency,
+            res = run_simulations(psets, cfg.solver, target, cfg.simulate.concurrency,
                                   cfg.channel.connect_timeout,
                                   max_restarts=cfg.simulate.max_restarts,
                                   simulation_timeout=cfg.simulate.simulation_timeout)
@@ -108,19 +119,12 @@ def simulate(url, study_dir, params_file, config_path, concurrency, solver, n, s
             click.echo(f"  simulation {sid}: {why}", err=True)
 
 
-def _progress(m: dict):
-    val = "-" if m["val_mse"] is None else f"{m['val_mse']:.4g}"
-    roll = "" if m.get("mean_nRMSE") is None else f"  rollout nRMSE {m['mean_nRMSE']:.3g}"
-    click.echo(f"batch {m['batch']:>6}  sims done {m['sims_done']:>4}  samples {m['samples']:>7}  "
-               f"train loss {m['train_loss']:.4g}  val mse {val}{roll}  lr {m['lr']:.2g}", err=True)
-
-
 def _report(s: dict):
     click.echo(f"trained {s['batches']} batches on {s['samples_received']} samples from "
                f"{s['sims_done']} simulations ({s['sims_failed']} failed) in {s['wall_s']:.1f} s")
     if s["val_mse"] is not None:
         click.echo(f"validation MSE {s['val_mse']:.5g}  vs mean-field baseline "
-                   f"{s['mean_field_mse']:.5g}  (ratio {s['val_mse'] / s['mean_field_mse']:.3f})")
+                   f"{s['mean_field_mse']:.5g}  (ratio {s['val_mse'] / s['mean_field_mse']:.3g})")
     if s.get("mean_nRMSE") is not None:  # autoregressive mode (rollout.py)
         h = s["rollout_horizon"]
         click.echo(f"rollout of {s['rollout_sims']} held-out simulations over "
@@ -139,9 +143,10 @@ def _report(s: dict):
 @click.option("--buffer", type=click.Choice(["reservoir", "fifo", "firo", "offline"]))
 @click.option("--out", "out_dir", help="Output directory (metrics.jsonl, checkpoint.pt).")
 @click.option("--producers", type=int, help="Number of `ot simulate` processes feeding the channel.")
-@click.option("--quiet", is_flag=True)
+@click.option("--quiet", is_flag=True, help="No progress bar or lines; only the summary.")
 @click.option("--resume", is_flag=True, help="Continue from the newest good checkpoint in --out.")
-def train(url, config_path, max_batches, buffer, out_dir, producers, quiet, resume):
+@set_option
+def train(url, config_path, max_batches, buffer, out_dir, producers, quiet, resume, sets):
     """Train the surrogate from frames arriving on a channel."""
     from .runner import attach_study  # noqa: PLC0415
     from .trainer import train as train_fn  # noqa: PLC0415
@@ -149,27 +154,34 @@ def train(url, config_path, max_batches, buffer, out_dir, producers, quiet, resu
     with _Guard(stop_event=stop):
         cfg = C.load(config_path, {"channel.url": url, "train.max_batches": max_batches,
                                    "buffer.kind": buffer, "output.dir": out_dir,
-                                   "simulate.producers": producers})
+                                   "simulate.producers": producers}, sets=sets)
         if cfg.validation.every == 0 and cfg.validation.first_id < 0:
             click.echo("note: no held-out simulations (set validation.every); no val MSE", err=True)
-        _report(train_fn(cfg, on_progress=None if quiet else _progress, resume=resume,
-                         finished=attach_study(cfg, resume), stop_event=stop))
+        finished = attach_study(cfg, resume)
+        with progress_reporter(quiet, cfg.train.max_batches,
+                               cfg.output.dir if finished else None) as on_progress:
+            summary = train_fn(cfg, on_progress=on_progress, resume=resume, finished=finished,
+                               stop_event=stop)
+        _report(summary)
 
 
 @main.command()
 @click.argument("config_path", type=click.Path(dir_okay=False))
 @click.option("--max-batches", type=int)
 @click.option("--out", "out_dir")
-@click.option("--quiet", is_flag=True)
+@click.option("--quiet", is_flag=True, help="No progress bar or lines; only the summary.")
 @click.option("--resume", is_flag=True, help="Continue the study in output.dir after a crash.")
-def run(config_path, max_batches, out_dir, quiet, resume):
+@set_option
+def run(config_path, max_batches, out_dir, quiet, resume, sets):
     """Run a whole study on this machine: simulations + training, no scheduler."""
     from .runner import run_study  # noqa: PLC0415
     stop = threading.Event()  # the first signal stops simulations and training cleanly
     with _Guard(stop_event=stop):
-        cfg = C.load(config_path, {"train.max_batches": max_batches, "output.dir": out_dir})
-        _report(run_study(cfg, on_progress=None if quiet else _progress, resume=resume,
-                          stop_event=stop))
+        cfg = C.load(config_path, {"train.max_batches": max_batches, "output.dir": out_dir},
+                     sets=sets)
+        with progress_reporter(quiet, cfg.train.max_batches, cfg.output.dir) as on_progress:
+            summary = run_study(cfg, on_progress=on_progress, resume=resume, stop_event=stop)
+        _report(summary)
 
 
 @main.command()
@@ -184,11 +196,16 @@ def clean(prefix):
 
 from .cli_net import relay as _relay_cmd  # noqa: E402
 from .cli_slurm import slurm as _slurm  # noqa: E402
+from .cli_stats import stats as _stats  # noqa: E402
 from .cli_study import status  # noqa: E402
+from .cli_user import config_group, report  # noqa: E402
 
+main.add_command(config_group)
+main.add_command(report)
 main.add_command(_slurm)
 main.add_command(_relay_cmd)
 main.add_command(status)
+main.add_command(_stats)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -12,6 +12,8 @@ import sys
 
 import click
 
+from .cli_user import set_option
+
 
 def _guard():
     from .cli_common import Guard as _Guard  # noqa: PLC0415
@@ -47,12 +49,13 @@ def slurm():
 @click.option("--dry-run", is_flag=True, help="Write the study directory, print the script, submit nothing.")
 @click.option("--wait", "wait_s", type=float, default=None, is_flag=False, flag_value=86400.0,
               help="Wait (at most this many seconds) for the study to finish.")
-def submit(config_path, mode, out_dir, dry_run, wait_s):
+@set_option
+def submit(config_path, mode, out_dir, dry_run, wait_s, sets):
     """Write an sbatch script into the study directory and submit it (inside an allocation: run)."""
     from . import config as C  # noqa: PLC0415
     from . import slurm_study  # noqa: PLC0415
     with _guard(), _fail_on(_slurm_error()):
-        cfg = C.load(config_path, {"slurm.mode": mode, "output.dir": out_dir})
+        cfg = C.load(config_path, {"slurm.mode": mode, "output.dir": out_dir}, sets=sets)
         res = slurm_study.submit(cfg, dry_run=dry_run)
         if dry_run:
             click.echo(res["script"], nl=False)

@@ -98,7 +98,10 @@ def status_text(study_dir) -> str:
 @click.command()
 @click.argument("study_dir", type=click.Path(file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="The ledger as JSON (id -> state).")
-def status(study_dir, as_json):
+@click.option("--watch", is_flag=True, help="Refresh in place until the study ends (or Ctrl-C).")
+@click.option("--interval", type=float, default=2.0, show_default=True,
+              help="Seconds between refreshes (--watch).")
+def status(study_dir, as_json, watch, interval):
     """Show a study's ledger (pending / running / done / failed) and training progress."""
     from .cli_common import Guard as _Guard  # noqa: PLC0415
     from .ledger import LedgerError  # noqa: PLC0415
@@ -107,6 +110,9 @@ def status(study_dir, as_json):
             if as_json:
                 snap = Ledger(study_dir).snapshot()
                 click.echo(json.dumps({str(k): v for k, v in snap.items()}))
+            elif watch:
+                from .progress import watch_status  # noqa: PLC0415
+                watch_status(study_dir, status_text, interval)
             else:
                 click.echo(status_text(study_dir))
         except LedgerError as e:

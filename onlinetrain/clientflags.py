@@ -4,7 +4,7 @@
     mpicc heat.c  $(python -m onlinetrain.clientflags --cflags --libs) -o heat
     mpif90 heat.f90 $(python -m onlinetrain.clientflags --fortran --cflags --libs) -o heatf
 
-The sources ship with onlinetrain (clients/c: ot_client.h, ot_client.c, ot_ring.c; clients/fortran:
+The sources ship with onlinetrain (clients/c: ot_client.h and its .c files; clients/fortran:
 onlinetrain.f90). The first call compiles them with the user's compilers ($CC or cc, $FC or
 gfortran; or --cc/--fc) into a static library in a cache directory ($OT_CLIENT_CACHE, else
 $XDG_CACHE_HOME/onlinetrain, else ~/.cache/onlinetrain), one per source version and compiler, and
@@ -26,8 +26,8 @@ from filelock import FileLock
 
 from .errors import OTError
 
-C_SOURCES = ("ot_ring.c", "ot_client.c")
-C_HEADERS = ("ot_client.h", "ot_ring.h")
+C_SOURCES = ("ot_ring.c", "ot_env.c", "ot_client.c")
+C_HEADERS = ("ot_client.h", "ot_ring.h", "ot_sim.h")
 F_SOURCE = "onlinetrain.f90"
 
 

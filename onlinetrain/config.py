@@ -5,6 +5,8 @@ names the offending value; an unknown section or key is an error that lists the 
 
     cfg = load("examples/heat2d.toml", overrides={"train.max_batches": 200})
     cfg.train.batch_size, cfg.buffer.kind
+    cfg.sources["train.max_batches"]           # "flag" ("file"; a key absent here is a default)
+    parse_sets(["train.lr=1e-3", "buffer.kind=fifo"])  # `--set`: {"train.lr": 0.001, ...}
 """
 from __future__ import annotations
 
@@ -60,6 +62,7 @@ class SolverConfig:
     n: int = 32  # heat2d: interior nodes per side; ks1d: grid points (even)
     steps: int = 100  # heat2d: time steps; ks1d: output frames
     scheme: str = "implicit"  # heat2d: implicit | explicit
+    param_order: str = "onlinetrain"  # heat2d: Tx1 Tx2 Ty1 Ty2 T_IC | "melissa": T_IC Tx1 Tx2 Ty1 Ty2
     function: str = ""  # python: "package.module:generator" yielding (step, array) from params
     argv: list = field(default_factory=list)  # program: argv template, {sim_id} {params} {p0}.. {channel}
     length: float = 0.0  # ks1d: domain length L (0: 32 pi)
@@ -76,7 +79,9 @@ class SolverConfig:
         _check(self.scheme in ("implicit", "explicit"), "solver.scheme", self.scheme,
                "use implicit or explicit")
         if self.kind == "heat2d":
-            from solvers.heat2d import Heat2DConfig, UnstableTimeStep  # noqa: PLC0415
+            from solvers.heat2d import PARAM_ORDERS, Heat2DConfig, UnstableTimeStep  # noqa: PLC0415
+            _check(self.param_order in PARAM_ORDERS, "solver.param_order", self.param_order,
+                   'use "onlinetrain" (Tx1 Tx2 Ty1 Ty2 T_IC) or "melissa" (T_IC Tx1 Tx2 Ty1 Ty2)')
             try:
                 Heat2DConfig(n=self.n, steps=self.steps, scheme=self.scheme).check_stable()
             except UnstableTimeStep as e:
@@ -274,8 +279,9 @@ class TrainConfig:
 @dataclass
 class ValidationConfig:
     every: int = 0  # pipe mode: sim ids with id % every == every - 1 are held out (0: none)
-    first_id: int = -1  # ot run: ids >= first_id are the held-out set (set by the runner)
-    end_id: int = -1  # ot run: ... and < end_id (-1: no end); redrawn sets come after it
+    # internal (INTERNAL_KEYS): set by `ot run` / `ot slurm` from sampling.n_train, n_validation
+    first_id: int = field(default=-1, metadata={"internal": True})  # held out: ids >= first_id
+    end_id: int = field(default=-1, metadata={"internal": True})  # ... and < end_id (-1: no end)
 
     def __post_init__(self):
         _check_types(self, "validation")
@@ -292,6 +298,7 @@ class ValidationConfig:
 class OutputConfig:
     dir: str = "ot-study"  # study directory: metrics.jsonl, checkpoint.pt, params.jsonl
     name: str = "study"  # study name: prefix of shm segments
+    tensorboard: bool = False  # also write the metrics to <dir>/tensorboard (the tensorboard extra)
 
     def __post_init__(self):
         _check_types(self, "output")
@@ -328,6 +335,41 @@ class SlurmConfig:
 
 
 @dataclass
+class StatsConfig:
+    """`ot stats`, and the [stats] section of `ot run` / `ot train` (docs/stats.md)."""
+    fields: list = field(default_factory=list)  # field names to follow ([]: every field)
+    thresholds: list = field(default_factory=list)  # exceedance probability P(u > t) per t
+    quantiles: list = field(default_factory=list)  # levels in (0, 1), Robbins-Monro
+    sobol: bool = False  # first/total Sobol' indices from pick-freeze groups (ot sample -m pick-freeze)
+    second_order: bool = False  # groups have 2p + 2 rows (sampled with --second-order)
+    n_params: int = 0  # p of the pick-freeze groups (0: the length of the frames' params)
+    groups: int = 0  # groups expected (0: unknown; only reported)
+    steps: int = 0  # time steps per simulation, for the memory figure (0: solver.steps)
+
+    def __post_init__(self):
+        import math  # noqa: PLC0415
+        _check_types(self, "stats")
+        _check(isinstance(self.fields, list) and all(isinstance(f, str) and f for f in self.fields),
+               "stats.fields", self.fields, 'a list of field names, e.g. ["T"]')
+        _check(isinstance(self.thresholds, list) and all(
+            isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t)
+            for t in self.thresholds), "stats.thresholds", self.thresholds,
+            "a list of finite numbers")
+        _check(isinstance(self.quantiles, list) and all(
+            isinstance(q, (int, float)) and not isinstance(q, bool) and 0 < q < 1
+            for q in self.quantiles), "stats.quantiles", self.quantiles,
+            "a list of levels strictly between 0 and 1, e.g. [0.05, 0.5, 0.95]")
+        for k in ("sobol", "second_order"):
+            _check(isinstance(getattr(self, k), bool), f"stats.{k}", getattr(self, k),
+                   "true or false")
+        for k in ("n_params", "groups", "steps"):
+            _check(isinstance(getattr(self, k), int) and getattr(self, k) >= 0, f"stats.{k}",
+                   getattr(self, k), "an integer >= 0 (0: unknown / automatic)")
+        self.thresholds = [float(t) for t in self.thresholds]
+        self.quantiles = [float(q) for q in self.quantiles]
+
+
+@dataclass
 class Config:
     solver: SolverConfig = field(default_factory=SolverConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
@@ -339,6 +381,7 @@ class Config:
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
+    stats: StatsConfig = field(default_factory=StatsConfig)
 
     @property
     def channel_url(self) -> str:
@@ -349,6 +392,9 @@ class Config:
 
 
 SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
+# keys the runner derives and carries in the study's own files (config.json, study.toml); not
+# shown by `ot config show`, not listed as valid keys, refused from `--set`
+INTERNAL_KEYS = frozenset({"validation.first_id", "validation.end_id"})
 
 
 def _section_cls(name: str):
@@ -365,9 +411,9 @@ def from_dict(data: dict, source: str = "config") -> Config:
         if not isinstance(values, dict):
             raise ConfigError(f"{source}: [{sec}] must be a table", sec, values)
         cls = _section_cls(sec)
-        valid = [f.name for f in dataclasses.fields(cls)]
+        valid = user_keys(sec)
         for k in values:
-            if k not in valid:
+            if k not in valid and f"{sec}.{k}" not in INTERNAL_KEYS:
                 raise ConfigError(f"{source}: unknown key {sec}.{k}; valid keys in [{sec}]: "
                                   f"{', '.join(valid)}", f"{sec}.{k}", values[k])
         try:
@@ -379,8 +425,55 @@ def from_dict(data: dict, source: str = "config") -> Config:
     return cfg
 
 
-def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
-    """Defaults, then the TOML file at `path`, then `overrides` {"section.key": value} (CLI flags)."""
+def user_keys(section: str) -> list[str]:
+    """The keys of [section] a user may set (INTERNAL_KEYS left out)."""
+    return [f.name for f in dataclasses.fields(_section_cls(section))
+            if f"{section}.{f.name}" not in INTERNAL_KEYS]
+
+
+_BARE = re.compile(r"[A-Za-z_][A-Za-z0-9_.:/@+-]*\Z")  # a bare word: taken as a string
+
+
+def parse_sets(items) -> dict[str, Any]:
+    """`--set section.key=value` items -> {"section.key": value}; the value is a TOML literal
+    (1e-3, true, [100, 200], "text") or a bare word taken as a string (fifo, pkg.mod:fn)."""
+    out: dict[str, Any] = {}
+    for item in items or ():
+        dotted, eq, text = item.partition("=")
+        dotted, text = dotted.strip(), text.strip()
+        sec, dot, key = dotted.partition(".")
+        if not eq or not dot:
+            raise ConfigError(f"--set {item!r}: give section.key=value, e.g. --set train.lr=1e-3",
+                              dotted, item)
+        if sec not in SECTIONS:
+            raise ConfigError(f"--set {item!r}: unknown section [{sec}]; valid sections: "
+                              f"{', '.join(SECTIONS)}", dotted, item)
+        if dotted in INTERNAL_KEYS:
+            raise ConfigError(f"--set {item!r}: {dotted} is derived by ot run / ot slurm from "
+                              f"sampling.n_train and sampling.n_validation; set those instead",
+                              dotted, item)
+        if key not in user_keys(sec):
+            raise ConfigError(f"--set {item!r}: unknown key {dotted}; valid keys in [{sec}]: "
+                              f"{', '.join(user_keys(sec))}", dotted, item)
+        try:
+            out[dotted] = tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError:
+            if not _BARE.match(text):
+                raise ConfigError(f"--set {item!r}: {text!r} is not a TOML value; quote a string "
+                                  f"('{dotted}=\"...\"'), write lists as [1, 2]", dotted,
+                                  text) from None
+            out[dotted] = text
+    return out
+
+
+def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None,
+         sets=()) -> Config:
+    """Defaults, then the TOML file at `path`, then `--set` items (parse_sets), then `overrides`
+    {"section.key": value} (named CLI flags; None: not given). `cfg.sources` maps each key given
+    in the file or by a flag to "file" or "flag"."""
+    if sets:
+        overrides = {**parse_sets(sets), **{k: v for k, v in (overrides or {}).items()
+                                             if v is not None}}
     data: dict = {}
     source = "defaults"
     if path is not None:
@@ -392,9 +485,13 @@ def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None
             raise ConfigError(f"config file {path} not found", "path", str(path)) from None
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{path} is not valid TOML: {e}", "path", str(path)) from None
+    sources = {f"{s}.{k}": "file" for s, v in data.items() if isinstance(v, dict) for k in v}
     for dotted, value in (overrides or {}).items():
         if value is None:
             continue
         sec, _, key = dotted.partition(".")
         data.setdefault(sec, {})[key] = value
-    return from_dict(data, source)
+        sources[dotted] = "flag"
+    cfg = from_dict(data, source)
+    cfg.sources = sources
+    return cfg

@@ -72,6 +72,7 @@ class Receiver(threading.Thread):
         self._vsnap = None
         self._backlog = None  # (x, y, keys) adapted but not yet in the buffer (it was full)
         self._copy = True
+        self.stats = None  # onlinetrain.stats.Statistics fed from the same frames ([stats])
 
     # --- what the loop reads -----------------------------------------------------------------
     @property
@@ -159,6 +160,8 @@ class Receiver(threading.Thread):
             self.handle_batch([f])
 
     def handle_batch(self, frames) -> None:
+        if self.stats is not None:  # the same frames (views of the channel), before they go back
+            self.stats.update_many(frames)
         asm, steps, data_bytes, n_data = self.asm, [], 0, 0
         for f in frames:
             kind = f.kind

@@ -5,13 +5,21 @@
 
 Methods: uniform (numpy), lhs, halton, sobol (scipy.stats.qmc, scrambled with the seed).
 The same (n, seed, method, bounds, start_id) always gives the same floats, hence byte-identical JSON.
+
+Pick-freeze groups for Sobol' indices (docs/stats.md): `pick_freeze(groups, seed, base, bounds)`
+yields, per group g, the rows A, B, then E_k = A with column k taken from B (k = 1..p), and with
+`second_order` C_k = B with column k taken from A. Ids are laid out so that group = id // R and
+role = id % R (R = p + 2, or 2p + 2), and every row also says its "group" and "role":
+
+    for row in pick_freeze(100, seed=1, base="sobol", bounds=[(0, 1)] * 3): ...
+    # {"id": 7, "params": [...], "group": 1, "role": 2}    role 0: A, 1: B, 2..p+1: E_k, then C_k
 """
 from __future__ import annotations
 
 from .errors import OTError
 
 import json
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -76,6 +84,54 @@ def sample(n: int, seed: int = 0, method: str = "uniform",
     u = unit_points(n, len(b), seed, method)
     pts = b[:, 0] + u * (b[:, 1] - b[:, 0])
     return [{"id": start_id + i, "params": [float(v) for v in row]} for i, row in enumerate(pts)]
+
+
+def rows_per_group(p: int, second_order: bool = False) -> int:
+    """R: the rows of one pick-freeze group of p parameters (group = id // R, role = id % R)."""
+    return 2 * p + 2 if second_order else p + 2
+
+
+def role_name(role: int, p: int) -> str:
+    """'A', 'B', 'E1'..'Ep', 'C1'..'Cp' for a role number (k is 1-based, as in docs/stats.md)."""
+    if role == 0:
+        return "A"
+    if role == 1:
+        return "B"
+    return f"E{role - 1}" if role < p + 2 else f"C{role - p - 1}"
+
+
+def pick_freeze(groups: int, seed: int = 0, base: str = "uniform",
+                bounds: Sequence[Sequence[float]] = DEFAULT_BOUNDS, start_id: int = 0,
+                second_order: bool = False) -> Iterator[dict]:
+    """Yield the rows of `groups` pick-freeze groups, group by group (streamable: a consumer may
+    start on the first group while later ones are produced). A and B of every group are the two
+    halves of one 2p-dimensional `base` point set, drawn from `seed`."""
+    b = check_bounds(bounds)
+    p = len(b)
+    r = rows_per_group(p, second_order)
+    if groups < 0:
+        raise SamplerError(f"-n {groups}: the number of groups must be >= 0", groups)
+    if start_id % r:
+        raise SamplerError(f"--start-id {start_id} is not a multiple of the {r} rows of a group "
+                           f"(group = id // {r}); use e.g. {start_id // r * r}", start_id)
+    u = unit_points(groups, 2 * p, seed, base)
+    pts = b[:, 0] + u.reshape(groups, 2, p) * (b[:, 1] - b[:, 0])
+    sid = start_id
+    for g in range(groups):
+        a, bb = pts[g, 0], pts[g, 1]
+        rows = [a, bb]
+        for k in range(p):
+            e = a.copy()
+            e[k] = bb[k]
+            rows.append(e)
+        if second_order:
+            for k in range(p):
+                c = bb.copy()
+                c[k] = a[k]
+                rows.append(c)
+        for role, row in enumerate(rows):
+            yield {"id": sid, "params": [float(v) for v in row], "group": sid // r, "role": role}
+            sid += 1
 
 
 def to_jsonl(sets: Iterable[dict]) -> str:

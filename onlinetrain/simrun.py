@@ -22,7 +22,8 @@ def generator(solver: dict, params):
     if solver.get("kind", "heat2d") == "heat2d":
         from solvers import heat2d  # noqa: PLC0415
         for k, u in heat2d.solve(params, n=solver.get("n", 32), steps=solver.get("steps", 100),
-                                 scheme=solver.get("scheme", "implicit")):
+                                 scheme=solver.get("scheme", "implicit"),
+                                 param_order=solver.get("param_order", "onlinetrain")):
             yield k, u.astype(np.float32)
         return
     if solver.get("kind") == "ks1d":

@@ -75,7 +75,8 @@ def child_env(solver, sim_id: int, params, url: str, connect_timeout: float) -> 
                 "OT_SOLVER": json.dumps({"kind": solver.kind, "n": solver.n, "steps": solver.steps,
                                          "scheme": solver.scheme, "function": solver.function,
                                          "length": solver.length, "dt": solver.dt,
-                                         "stride": solver.stride})})
+                                         "stride": solver.stride,
+                                         "param_order": solver.param_order})})
     # children must import this very onlinetrain (and solvers/) even when it is not installed
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH", "")) if p)

@@ -10,6 +10,8 @@ does with Melissa's server subclass:
 An adapter takes a `Step` (onlinetrain/step.py, docs/step.md) when marked with `@step_adapter`,
 which may also give a vectorised form (as heat2d's does); an unmarked fn(frame, cfg) written for
 one field per step keeps working (it gets the step as a whole-field frame).
+An adapter may carry `field_shape(cfg) -> tuple` (the shape of y before flattening): `ot report`
+then draws held-out fields as images instead of flat profiles.
 
 heat2d's adapter: x = (5 temperatures scaled to [-1, 1], t / t_end), y = (T - 300 K) / 100 K, so
 the MSE reported by the trainer is in units of (100 K)^2 (multiply by 1e4 for K^2).
@@ -74,6 +76,9 @@ def heat2d_xy(step, cfg) -> tuple[np.ndarray, np.ndarray]:
     x[5] = step.time_step / cfg.solver.steps
     y = (np.asarray(_field(step), dtype=np.float32).reshape(-1) - T_CENTER) / T_SCALE
     return x, y
+
+
+heat2d_xy.field_shape = lambda cfg: (cfg.solver.n, cfg.solver.n)  # y is the n x n field, flat
 
 
 def build_mlp(in_dim: int, out_dim: int, cfg):

@@ -17,7 +17,10 @@ header is malformed is reported once through get() as FrameError and its connect
 stream cannot be resynchronised). A producer whose trainer goes away reconnects with bounded
 retries (`reconnect_timeout`) and resends the frame it was sending, then raises ConsumerGone.
 Frames still in the socket buffers of a trainer that crashed are lost (the trainer drops
-duplicates, so resending is safe).
+duplicates, so resending is safe). A producer's close() shuts its sending side and waits for the
+trainer to close the connection, which it does once it has queued the last frame: so what a
+simulation sent before exiting is queued before a STREAM_END its launcher sends afterwards on
+another connection.
 """
 from __future__ import annotations
 

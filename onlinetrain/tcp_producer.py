@@ -20,6 +20,7 @@ from .shm_channel import ChannelError, ChannelNotFound, ConsumerGone, Full
 log = logging.getLogger(__name__)
 
 SOCK_BUF = 0  # 0: leave the kernel's autotuning of socket buffers on
+CLOSE_WAIT_S = 30.0  # close() waits this long at most for the trainer to take the last frames
 
 
 def _tune(sock: socket.socket):
@@ -170,11 +171,18 @@ class TcpProducer:
         fr.decode(buf, copy=False)
         self._put_bufs([buf], timeout)
 
-    def close(self):
+    def close(self, timeout: float = CLOSE_WAIT_S):
+        """End the stream and wait (up to `timeout` s) until the trainer has taken every frame:
+        it closes its side only after queueing the last one. So frames sent before close() come
+        before anything another connection sends after it returns (a launcher's STREAM_END after
+        its simulations exited)."""
         if self.sock is not None:
             try:
                 self.sock.shutdown(socket.SHUT_WR)
-            except OSError:
+                self.sock.settimeout(timeout)
+                while self.sock.recv(4096):
+                    pass
+            except OSError:  # timed out or the trainer is gone: nothing more to wait for
                 pass
         self._drop()
         self.closed = True

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import ar, checkpoint, ddp
+from . import ar, checkpoint, ddp, valfields
 from .channel import open_consumer
 from .config import ConfigError
 from .errors import OTError
@@ -38,6 +38,8 @@ from .imports import import_function
 from .prefetch import Prefetcher
 from .reservoir import from_config as buffer_from_config
 from .receiver import Receiver
+from .stats import Statistics, stats_wanted
+from .tb import tensorboard_sink
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +51,11 @@ class TrainError(OTError, RuntimeError):
 
 
 def _validate(model, val, device) -> float | None:
-    """Mean over samples of the per-sample MSE on `val`, a list of (x, y) pairs."""
+    """Mean over samples of the per-sample MSE on `val`, the (x, y) arrays of the validation set."""
     import torch  # noqa: PLC0415
-    if not val:
+    xs, ys = val
+    if not len(xs):
         return None
-    xs = np.stack([v[0] for v in val])
-    ys = np.stack([v[1] for v in val])
     total = 0.0
     with torch.no_grad():
         for i in range(0, len(xs), 1024):
@@ -64,12 +65,12 @@ def _validate(model, val, device) -> float | None:
     return total / len(xs)
 
 
-def _val_items(rx) -> list:
-    """A snapshot of the validation set, taken under the receiver's lock (it inserts meanwhile)."""
+def _val_items(rx) -> tuple[np.ndarray, np.ndarray]:
+    """(x, y) of the validation set: one consistent snapshot (the receiver inserts meanwhile)."""
     if rx is None:
-        return []
-    with rx.lock:
-        return list(rx.val.values())
+        return np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32)
+    x, y, _ = rx.val_arrays()
+    return x, y
 
 
 def resolve_device(cfg, env=None):
@@ -121,9 +122,6 @@ def train(cfg, consumer=None, expected_sims: int | None = None, on_progress=None
             env = consumer.dist_env()
             cfg.simulate.producers = consumer.n_producers  # every simulate rank ends once
         env = env or ddp.env_from(os.environ)
-        if mode is not None and env.world > 1:
-            raise TrainError("model.mode = 'autoregressive' trains on one rank for now: run "
-                             "without torchrun / srun or an mpi:// channel", env.world)
         if env.world > 1 and finished is not None:
             raise TrainError(f"{out} is a study (ledger.jsonl): its end condition needs every "
                              f"simulation's data in one trainer, and this run has {env.world} "
@@ -146,8 +144,19 @@ def train(cfg, consumer=None, expected_sims: int | None = None, on_progress=None
                                      float(os.environ.get("OT_DIST_TIMEOUT", "300")))
         buf = buffer_from_config(cfg.buffer, seed_offset=env.rank)
         if mode is not None:
+            if env.world > 1:
+                raise TrainError("model.mode = 'autoregressive' trains on one rank for now: run "
+                                 "without torchrun / srun or an mpi:// channel", env.world)
             adapter, buf = mode.adapter, mode.wrap(buf)
+        stats = None
+        if stats_wanted(cfg):
+            if env.world > 1:
+                raise TrainError(f"[stats] with {env.world} ranks: a pick-freeze group must reach "
+                                 f"one statistics consumer; train with one rank, or run `ot stats` "
+                                 f"as its own consumer (docs/stats.md)", env.world)
+            stats = Statistics(cfg.stats, steps_hint=cfg.solver.steps, report=log.warning)
         rx = Receiver(consumer, buf, cfg, adapter, expected_sims, finished)
+        rx.stats = stats
         if ck is not None:
             checkpoint.restore_stream(ck, rx, buf)
         rx.start()
@@ -168,7 +177,7 @@ def fit(buf, cfg, *, rx=None, builder=None, device=None, env: ddp.DistEnv | None
         mode=None) -> dict:
     """The training loop on `buf` (already being filled, or filled and ended). `rx`: the Receiver
     filling it (validation, accounting, checkpoints; without one there is no validation and no
-    checkpoint). `env` with world > 1 needs the process group initialised (ddp.init_group). `mode`: ar.Autoregressive in that mode."""
+    checkpoint). `env` with world > 1 needs the process group initialised (ddp.init_group)."""
     import torch  # noqa: PLC0415
     env = env or ddp.DistEnv()
     if device is None:
@@ -185,7 +194,7 @@ class _Loop:
 
     def __init__(self, cfg, buf, rx, builder, device, env, ck, on_progress, stop_event,
                  consumer, mode=None):
-        self.mode = mode
+        self.mode = mode  # ar.Autoregressive, or None
         self.cfg, self.buf, self.rx, self.builder, self.device, self.env = \
             cfg, buf, rx, builder, device, env
         self.on_progress, self.stop_event, self.consumer = on_progress, stop_event, consumer
@@ -288,7 +297,7 @@ class _Loop:
         rx = self.rx
         if rx is None:
             return [self.buf.received, 0, 0, 0, 0, 0]
-        return [rx.samples, len(rx.val), rx.duplicates, rx.rejected, len(rx.sims_done),
+        return [rx.samples, len(rx.val_arrays()[2]), rx.duplicates, rx.rejected, len(rx.sims_done),
                 len(rx.sims_failed)]
 
     def _validate(self):
@@ -297,14 +306,13 @@ class _Loop:
             r = self.mode.validate(self.model, self.rx)
             return r["val_mse"], r["rollout_sims"], r
         items = _val_items(self.rx)
-        return _validate(self.model, items, self.device), len(items), {}
+        return _validate(self.model, items, self.device), len(items[0]), {}
 
     def _log(self, t0, loss_acc, n_acc, wait, span):
         c = self.coll
         v_mse, n_val, extra = self._validate()
-        items = range(n_val)
-        v_sse, v_n, t_sse, t_n, w = c.sum([0.0 if v_mse is None else v_mse * len(items),
-                                           len(items), float(loss_acc), n_acc, wait])
+        v_sse, v_n, t_sse, t_n, w = c.sum([0.0 if v_mse is None else v_mse * n_val,
+                                           n_val, float(loss_acc), n_acc, wait])
         counts = c.sum_ints(self._counts() + [len(self.buf)])
         val_mse = float(v_sse / v_n) if v_n else None
         m = {"batch": self.batches, "time": round(time.monotonic() - t0, 3),
@@ -315,6 +323,9 @@ class _Loop:
         if self.writer:
             self.metrics.write(json.dumps(m) + "\n")
             self.metrics.flush()
+            self.tb.add(m)  # output.tensorboard: the same scalars for TensorBoard
+            if self.mode is None:  # fields of (params, t) models only
+                valfields.save(self.out, self.model, self.rx, self.device, self.cfg, self.batches)
             if self.on_progress:
                 self.on_progress(m)
         return val_mse
@@ -328,9 +339,8 @@ class _Loop:
         y_sum = np.zeros(dim) if rx.y_sum is None or rx.y_sum.size != dim else rx.y_sum
         totals = c.sum(y_sum) if dim else np.zeros(0)
         sse, cnt = 0.0, 0
-        val = _val_items(rx)
-        if val and n:
-            ys = np.stack([v[1] for v in val])
+        ys = _val_items(rx)[1]
+        if len(ys) and n:
             sse, cnt = float(((ys - totals / n) ** 2).mean(axis=1).sum()), len(ys)
         sse, cnt = c.sum([sse, cnt])
         return float(sse / cnt) if cnt else None
@@ -341,6 +351,7 @@ class _Loop:
                 if self.ck is not None:
                     checkpoint.trim_metrics(self.out / "metrics.jsonl", self.batches)
                 self.metrics = open(self.out / "metrics.jsonl", "a" if self.ck else "w")
+                self.tb = tensorboard_sink(self.cfg, self.out)
             return self._run()
         finally:
             self.pf.close()
@@ -436,8 +447,7 @@ class _Loop:
                              f"({frames} frames): is a simulation running and sending to this "
                              f"channel?", cfg.channel_url)
         v_mse, n_val, extra = self._validate()
-        items = range(n_val)
-        v_sse, v_n = c.sum([0.0 if v_mse is None else v_mse * len(items), len(items)])
+        v_sse, v_n = c.sum([0.0 if v_mse is None else v_mse * n_val, n_val])
         tot = c.sum_ints(self._counts() + [getattr(self.consumer, "abandoned", 0)])
         wall = time.monotonic() - t0
         summary = {"val_mse": float(v_sse / v_n) if v_n else None,
@@ -449,8 +459,13 @@ class _Loop:
                    "rank_samples": self._counts()[0],
                    "data_wait_frac": round(float(c.sum([wait_all])[0]) / env.world / max(wall, 1e-9),
                                            4), **extra}
+        if getattr(rx, "stats", None) is not None:  # [stats]: docs/stats.md
+            rx.stats.save(self.out / "stats.npz")
+            summary["stats"] = dict(rx.stats.counts)
         self.save(final=True, summary=summary)  # rank 0 also writes <out>/checkpoint.pt
         if self.writer:
+            if self.mode is None:
+                valfields.save(self.out, self.model, rx, self.device, cfg, self.batches)  # ot report
             (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         if cfg.buffer.record_arrivals:
             name = "arrivals.npy" if env.rank == 0 else f"arrivals-rank{env.rank}.npy"

@@ -2,13 +2,25 @@
 
 Square [0, L]^2 with Dirichlet walls T(0,y)=Tx1, T(L,y)=Tx2, T(x,0)=Ty1, T(x,L)=Ty2 and uniform
 initial temperature T_IC. Unknowns are the n x n interior nodes of a uniform grid (h = L / (n + 1)),
-5-point stencil. Two time schemes:
+5-point stencil.
+
+PARAMETER ORDER (five temperatures, in K):
+- "onlinetrain" (default): Tx1, Tx2, Ty1, Ty2, T_IC   (the four walls, then the initial value)
+- "melissa":               T_IC, Tx1, Tx2, Ty1, Ty2   (Melissa's heat example: initial value first)
+Both orders accept any five numbers, so a Melissa user's parameter sets run without error in the
+default order and give a different (wrong) answer: set `solver.param_order = "melissa"` in the
+study's TOML (or `param_order="melissa"` / `--param-order melissa` here).
+
+Two time schemes:
 - implicit Euler (default, unconditionally stable), each step solved by matrix-free conjugate
-  gradient warm-started from the previous step (as Melissa's example solver);
+  gradient warm-started from the previous step's field (Melissa's example solver restarts CG from
+  zero at each step; both stop at the same relative residual `cg_tol`). CG that reaches its
+  iteration cap without converging raises `CGNotConverged`;
 - explicit Euler, only if alpha * dt / h^2 <= 1/4, else `UnstableTimeStep`.
 
 Three ways to use it:
 - library:  `for step, field in heat2d.solve([Tx1, Tx2, Ty1, Ty2, T_IC], n=32, steps=100): ...`
+            `heat2d.solve([T_IC, Tx1, Tx2, Ty1, Ty2], param_order="melissa")`
 - standalone instrumented program streaming to a channel (env set by `ot simulate`, or flags):
       python -m solvers.heat2d --to shm://demo --sim-id 3 --params 100 200 300 400 500
 - through `ot simulate` (the default solver).
@@ -22,8 +34,20 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from onlinetrain.errors import OTError
+
 N_PARAMS = 5
-PARAM_NAMES = ("Tx1", "Tx2", "Ty1", "Ty2", "T_IC")
+PARAM_NAMES = ("Tx1", "Tx2", "Ty1", "Ty2", "T_IC")  # the default order, "onlinetrain"
+PARAM_ORDERS = {"onlinetrain": PARAM_NAMES, "melissa": ("T_IC", "Tx1", "Tx2", "Ty1", "Ty2")}
+
+
+class CGNotConverged(OTError, ArithmeticError):
+    """An implicit step's conjugate gradient hit `maxiter` above `cg_tol`; `step`, `residual`
+    (relative), `tol` and `maxiter` say where and how far it got."""
+
+    def __init__(self, message: str, step: int, residual: float, tol: float, maxiter: int):
+        super().__init__(message)
+        self.step, self.residual, self.tol, self.maxiter = step, residual, tol, maxiter
 
 
 class UnstableTimeStep(ValueError):
@@ -42,7 +66,9 @@ class Heat2DConfig:
     alpha: float = 1.0
     t_end: float = 1.0
     scheme: str = "implicit"  # or "explicit"
-    cg_tol: float = 1e-10
+    cg_tol: float = 1e-10  # relative residual |b - A x| / |b| at which an implicit step stops
+    cg_maxiter: int = 0  # CG iterations per step before CGNotConverged (0: n * n, the unknowns)
+    param_order: str = "onlinetrain"  # or "melissa": see the module docstring
 
     def __post_init__(self):
         if self.n < 2:
@@ -54,6 +80,11 @@ class Heat2DConfig:
                 raise ValueError(f"heat2d {k}={getattr(self, k)}: must be > 0")
         if self.scheme not in ("implicit", "explicit"):
             raise ValueError(f"heat2d scheme={self.scheme!r}: use 'implicit' or 'explicit'")
+        if self.param_order not in PARAM_ORDERS:
+            raise ValueError(f"heat2d param_order={self.param_order!r}: use 'onlinetrain' "
+                             f"{PARAM_ORDERS['onlinetrain']} or 'melissa' {PARAM_ORDERS['melissa']}")
+        if not (isinstance(self.cg_maxiter, int) and self.cg_maxiter >= 0):
+            raise ValueError(f"heat2d cg_maxiter={self.cg_maxiter!r}: an integer >= 0 (0: n * n)")
 
     def check_stable(self) -> None:
         """Raise UnstableTimeStep if the explicit scheme is asked for with alpha*dt/h^2 > 1/4."""
@@ -84,11 +115,25 @@ def laplacian(u: np.ndarray, h: float, walls: Sequence[float] = (0, 0, 0, 0)) ->
     return (p[:-2, 1:-1] + p[2:, 1:-1] + p[1:-1, :-2] + p[1:-1, 2:] - 4.0 * u) / (h * h)
 
 
-def _cg(apply_a, b: np.ndarray, x: np.ndarray, tol: float, maxiter: int) -> np.ndarray:
+def split_params(params: Sequence[float], order: str = "onlinetrain") -> tuple[list[float], float]:
+    """([Tx1, Tx2, Ty1, Ty2], T_IC) from five temperatures given in `order` (PARAM_ORDERS)."""
+    names = PARAM_ORDERS.get(order)
+    if names is None:
+        raise ValueError(f"heat2d param_order={order!r}: use one of {sorted(PARAM_ORDERS)}")
+    if len(params) != N_PARAMS:
+        raise ValueError(f"heat2d takes {N_PARAMS} parameters {names} (param_order={order!r}), "
+                         f"got {len(params)}: {list(params)}")
+    by = {k: float(v) for k, v in zip(names, params)}
+    return [by["Tx1"], by["Tx2"], by["Ty1"], by["Ty2"]], by["T_IC"]
+
+
+def _cg(apply_a, b: np.ndarray, x: np.ndarray, tol: float, maxiter: int, step: int = 0) -> np.ndarray:
+    """Solve A x = b (A symmetric positive definite) from the guess x, to |r| <= tol |b|."""
     r = b - apply_a(x)
     p = r.copy()
     rr = float(np.vdot(r, r))
-    stop = tol * tol * max(float(np.vdot(b, b)), 1e-300)
+    bb = max(float(np.vdot(b, b)), 1e-300)
+    stop = tol * tol * bb
     for _ in range(maxiter):
         if rr <= stop:
             break
@@ -100,6 +145,12 @@ def _cg(apply_a, b: np.ndarray, x: np.ndarray, tol: float, maxiter: int) -> np.n
         p *= rr_new / rr
         p += r
         rr = rr_new
+    if not rr <= stop:  # also NaN
+        res = math.sqrt(rr / bb)
+        raise CGNotConverged(
+            f"heat2d step {step}: conjugate gradient stopped at maxiter={maxiter} with relative "
+            f"residual {res:.3g} > cg_tol={tol:g}; raise cg_maxiter, loosen cg_tol, or take more "
+            f"(smaller) time steps", step, res, tol, maxiter)
     return x
 
 
@@ -107,15 +158,13 @@ def solve(params: Sequence[float], n: int = 32, steps: int = 100, *, initial: np
           **kw) -> Iterator[tuple[int, np.ndarray]]:
     """Yield (k, T at t = k * dt) for k = 1..steps; T is an (n, n) float64 array, x along axis 0.
 
-    `params` = (Tx1, Tx2, Ty1, Ty2, T_IC). `initial` overrides the uniform T_IC (analytic tests).
+    `params` = (Tx1, Tx2, Ty1, Ty2, T_IC), or (T_IC, Tx1, Tx2, Ty1, Ty2) with
+    `param_order="melissa"`. `initial` overrides the uniform T_IC (analytic tests).
     """
     cfg = Heat2DConfig(n=n, steps=steps, **kw)
-    if len(params) != N_PARAMS:
-        raise ValueError(f"heat2d takes {N_PARAMS} parameters {PARAM_NAMES}, got {len(params)}: "
-                         f"{list(params)}")
-    walls = [float(v) for v in params[:4]]
+    walls, t_ic = split_params(params, cfg.param_order)
     h, dt, a = cfg.h, cfg.dt, cfg.alpha
-    u = np.full((n, n), float(params[4])) if initial is None else np.array(initial, dtype=np.float64)
+    u = np.full((n, n), t_ic) if initial is None else np.array(initial, dtype=np.float64)
     if u.shape != (n, n):
         raise ValueError(f"initial field has shape {u.shape}, expected {(n, n)}")
     if cfg.scheme == "explicit":
@@ -130,8 +179,9 @@ def solve(params: Sequence[float], n: int = 32, steps: int = 100, *, initial: np
     def apply_a(x):
         return x - (a * dt) * laplacian(x, h)
 
+    maxiter = cfg.cg_maxiter or n * n
     for k in range(1, steps + 1):
-        u = _cg(apply_a, u + wall_rhs, u.copy(), cfg.cg_tol, maxiter=10 * n)
+        u = _cg(apply_a, u + wall_rhs, u.copy(), cfg.cg_tol, maxiter, step=k)
         yield k, u
 
 
@@ -142,14 +192,16 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--to", help="channel URL (default: $OT_CHANNEL)")
     ap.add_argument("--sim-id", type=int, help="simulation id (default: $OT_SIM_ID)")
-    ap.add_argument("--params", type=float, nargs=N_PARAMS, help="Tx1 Tx2 Ty1 Ty2 T_IC "
-                    "(default: $OT_PARAMS)")
+    ap.add_argument("--params", type=float, nargs=N_PARAMS, help="Tx1 Tx2 Ty1 Ty2 T_IC, or "
+                    "T_IC Tx1 Tx2 Ty1 Ty2 with --param-order melissa (default: $OT_PARAMS)")
+    ap.add_argument("--param-order", choices=sorted(PARAM_ORDERS), default="onlinetrain")
     ap.add_argument("--n", type=int, default=32)
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--scheme", default="implicit")
     args = ap.parse_args(argv)
     with client.init(channel=args.to, sim_id=args.sim_id, params=args.params) as sim:
-        for k, field in solve(sim.params, n=args.n, steps=args.steps, scheme=args.scheme):
+        for k, field in solve(sim.params, n=args.n, steps=args.steps, scheme=args.scheme,
+                              param_order=args.param_order):
             sim.send(k, field.astype(np.float32), name="T")
 
 

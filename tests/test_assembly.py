@@ -248,7 +248,7 @@ def test_input_size_mismatch_is_counted_and_skipped():
 @pytest.mark.timeout(120)
 def test_validation_snapshot_is_consistent_while_the_receiver_inserts(ring_name):
     """Issue 11 item 2: the loop walked rx.val (twice, unlocked) while the receiver inserted."""
-    from onlinetrain.trainer import _validate
+    from onlinetrain.trainer import _val_items, _validate
     cfg = config.load(None, {"simulate.producers": 1, "validation.every": 1})  # all held out
     model = torch.nn.Linear(4, 12)
     with RingConsumer.create(ring_name, capacity=1 << 20) as ring, \
@@ -272,7 +272,7 @@ def test_validation_snapshot_is_consistent_while_the_receiver_inserts(ring_name)
                 assert len(x) == len(y) == len(keys)
                 if len(x):
                     assert np.array_equal(x[:, 0], y[:, 0])
-                _validate(model, rx.val, "cpu")
+                _validate(model, _val_items(rx), "cpu")  # the training loop's path
                 checks += 1
         finally:
             stop.set()

@@ -62,6 +62,9 @@ def built(tmp_path_factory):
         subprocess.run([mpi["fc"], "-O2", "-ffp-contract=off", "-Wall", *fflags,
                         str(ROOT / "examples/c/heat2d_mpi.f90"), "-o", str(out["heat_f"]), *flibs],
                        check=True, cwd=d)
+        subprocess.run([mpi["fc"], "-O2", "-Wall", *fflags, str(ROOT / "tests/c/fwriter.f90"), "-o",
+                        str(d / "fwriter"), *flibs], check=True, cwd=d)
+        out["fwriter"] = d / "fwriter"
         out["mpiexec"] = mpi["run"]
         yield out
     finally:
@@ -294,3 +297,86 @@ def solve_ref(n, steps):
     sys.path.insert(0, str(ROOT))
     from solvers import heat2d
     return heat2d.solve(PARAMS, n=n, steps=steps)
+
+
+def test_clientflags_names_a_missing_compiler(tmp_path, monkeypatch):
+    monkeypatch.setenv("OT_CLIENT_CACHE", str(tmp_path))
+    with pytest.raises(clientflags.ClientBuildError, match="C compiler 'no-such-cc' not found: "
+                                                           "install one .*--cc") as e:
+        clientflags.flags(cc="no-such-cc")
+    assert e.value.value == "no-such-cc"
+    r = subprocess.run([sys.executable, "-m", "onlinetrain.clientflags", "--fortran", "--fc",
+                        "no-such-fc", "--libs"], capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 1 and "Fortran compiler 'no-such-fc' not found" in r.stderr
+
+
+def test_clientflags_builds_once_and_prints_usable_flags(tmp_path, monkeypatch):
+    monkeypatch.setenv("OT_CLIENT_CACHE", str(tmp_path))
+    d = clientflags.build()
+    lib = d / "lib" / "libotclient.a"
+    t = lib.stat().st_mtime_ns
+    assert clientflags.build() == d and lib.stat().st_mtime_ns == t  # cached, not rebuilt
+    r = subprocess.run([sys.executable, "-m", "onlinetrain.clientflags", "--cflags", "--libs"],
+                       capture_output=True, text=True, check=True,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.stdout.split() == [f"-I{d / 'include'}", f"-L{d / 'lib'}", "-lotclient", "-lpthread"]
+
+
+
+@pytest.mark.timeout(60)
+def test_c_writer_blocked_on_a_full_ring_learns_the_consumer_is_gone(built, ring_name):
+    ring = RingConsumer.create(ring_name, 64 << 10)  # fills after a few frames: backpressure
+    p = subprocess.Popen([str(built["writer"]), "300"], env=env_for(ring_name),
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.0)
+        assert p.poll() is None  # waiting for room
+        ring.close()
+        assert p.wait(10) == 1
+        err = p.stderr.read()
+        assert f"the consumer (trainer) is gone: the consumer of shm://{ring_name}" in err
+    finally:
+        if p.poll() is None:
+            p.kill()
+        p.wait()
+        p.stderr.close()
+
+
+@pytest.mark.timeout(60)
+def test_fortran_module_axis_order_metadata_and_messages(built, ring_name):
+    with RingConsumer.create(ring_name, 1 << 20) as ring:
+        r = subprocess.run([str(built["fwriter"])], capture_output=True, text=True,
+                           env=env_for(ring_name, params=[0.5]), timeout=30)
+        assert r.returncode == 0, r.stderr
+        fs = drain(ring)
+    a = fs[0]
+    # a(3, 2) in Fortran arrives as shape (2, 3): element [j, i] is a(i, j) = 10 i + j + p(1)
+    assert a.name == "A" and a.array.dtype == np.float32 and a.array.shape == (2, 3)
+    assert a.array.tolist() == [[10 * i + j + 0.5 for i in (1, 2, 3)] for j in (1, 2)]
+    assert a.meta == b'{"k": 1}' and list(a.params) == [0.5]
+    assert "field name '' has 0 bytes: use 1..255" in r.stdout
+    assert fr.sim_end_counts(fs[-1]) == {"A": (1, 1)}
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("prog", ["heat_c", "heat_f"], ids=["C", "Fortran"])
+def test_ot_run_trains_from_the_mpi_example_on_two_ranks(built, ring_name, tmp_path, prog):
+    """Issue 12 done-when: a C and a Fortran MPI solver train a surrogate through `ot run` with 2
+    ranks per simulation ([solver] kind = "program", argv = mpiexec -n 2 ...)."""
+    from onlinetrain.cli import main
+    from click.testing import CliRunner
+    cfg = tmp_path / "c.toml"
+    cfg.write_text((ROOT / "examples/c/heat2d-mpi.toml").read_text()
+                   .replace('"mpiexec"', f'"{built["mpiexec"]}"')
+                   .replace('"examples/c/heat2d_mpi"', f'"{built[prog]}"')
+                   .replace("n_train = 12", "n_train = 4").replace("n_validation = 3",
+                                                                    "n_validation = 1")
+                   .replace('dir = "ot-study/heat2d-mpi"', f'dir = "{tmp_path / "o"}"')
+                   .replace('name = "heat2d-mpi"', f'name = "{ring_name}"'))
+    r = CliRunner().invoke(main, ["run", str(cfg), "--quiet"])
+    assert r.exit_code == 0, r.output
+    s = __import__("json").loads((tmp_path / "o" / "summary.json").read_text())
+    assert s["sims_done"] == 5 and s["sims_failed"] == 0
+    assert s["samples_received"] == 5 * 20 and s["duplicates_dropped"] == 0
+    assert s["batches"] > 0

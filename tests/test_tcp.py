@@ -276,3 +276,33 @@ def test_relay_rejects_bad_arguments():
         route(0, 2, "random")
     with pytest.raises(RelayError, match="must be a local ring"):
         run_relay("tcp://127.0.0.1:5", ["tcp://127.0.0.1:6"])
+
+
+@pytest.mark.timeout(60)
+def test_close_waits_until_the_trainer_took_every_frame(tmp_path):
+    """A simulation's frames come before the STREAM_END its launcher sends on another connection
+    after the simulation closed (exited): close() returns only once the trainer queued them all."""
+    c = TcpConsumer.listen("127.0.0.1", 0, study_dir=tmp_path, capacity=64 << 10)
+    try:
+        sim, launcher = _prod(c, tmp_path), _prod(c, tmp_path)
+        for k in range(40):  # 40 x 16 KB: far more than the trainer's queue holds
+            sim.put(_frame(1, k, n=4096))
+        closed = threading.Event()
+
+        def finish():
+            sim.close()
+            closed.set()
+            launcher.put(fr.Frame(-1, 0, np.zeros(0), "stream end", np.zeros(0, np.float32),
+                                  fr.STREAM_END))
+            launcher.close()
+
+        t = threading.Thread(target=finish)
+        t.start()
+        assert not closed.wait(0.5)  # the trainer has not taken the frames yet: close waits
+        got = []
+        while len(got) < 41:
+            got += c.get_many(64, timeout=10)
+        t.join(10)
+        assert [f.time_step for f in got[:40]] == list(range(40)) and got[40].kind == fr.STREAM_END
+    finally:
+        c.close()

@@ -1,108 +1,18 @@
 /* onlinetrain C client: frames (format version 2, docs/wire-format.md) written straight into the
- * node's shared-memory ring, the OT_* environment, the launcher's heartbeat file, and the
- * SIM_END counts. API and usage: ot_client.h. */
+ * node's shared-memory ring, and the SIM_END counts (ot_env.c: the OT_* environment, heartbeat,
+ * errors). API and usage: ot_client.h. */
 #define _GNU_SOURCE
-#include "ot_client.h"
-#include "ot_ring.h"
+#include "ot_sim.h"
 
 #include <errno.h>
 #include <fcntl.h>
-#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
-#define FIXED 48
-#define MAX_NDIM 8
-#define MAX_PARAMS 4096
-#define MAX_NAME 255
-#define MAX_META 16384
-#define KIND_DATA 0
-#define KIND_SIM_END 1
-#define KIND_SIM_FAILED 2
-
-typedef struct {
-    char name[MAX_NAME + 1];
-    int64_t last_step, steps, cur_pieces, max_pieces; /* what this process sent */
-    int64_t ann_steps, ann_pieces;                    /* ot_announce */
-    int sent, announced;
-} field_count;
-
-struct ot_sim {
-    ot_ring ring;
-    int64_t sim_id;
-    double *params;
-    uint32_t n_params;
-    int progress_fd;
-    _Atomic uint64_t beats;          /* frames sent + heartbeats: the progress counter */
-    _Atomic uint64_t sent;           /* data frames sent */
-    _Atomic double last_progress;     /* monotonic time of the last progress write */
-    pthread_mutex_t counts_lock;
-    field_count *fields;
-    int n_fields, cap_fields, any_announced;
-    char err[512];
-};
-
 static const size_t itemsize[9] = {0, 4, 8, 4, 8, 1, 2, 2, 2};
-
-static int fail(ot_sim *s, int status, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(s->err, sizeof s->err, fmt, ap);
-    va_end(ap);
-    return status;
-}
-
-const char *ot_strerror(int status) {
-    switch (status) {
-    case OT_OK: return "ok";
-    case OT_ERR_ARG: return "bad argument";
-    case OT_ERR_ENV: return "bad or missing OT_* environment variable";
-    case OT_ERR_CHANNEL: return "channel not found or not a ring";
-    case OT_ERR_CONSUMER_GONE: return "the consumer (trainer) is gone";
-    case OT_ERR_TOO_BIG: return "frame larger than the ring";
-    case OT_ERR_SYS: return "system call failed";
-    case OT_ERR_NOMEM: return "out of memory";
-    case OT_ERR_TIMEOUT: return "ring stayed full for the put timeout";
-    default: return "unknown status";
-    }
-}
-
-const char *ot_errmsg(const ot_sim *s) { return s ? s->err : "no handle (NULL)"; }
-int64_t ot_sim_id(const ot_sim *s) { return s ? s->sim_id : -1; }
-
-int ot_params(const ot_sim *s, const double **params, uint32_t *n) {
-    if (!s || !params || !n) return OT_ERR_ARG;
-    *params = s->params;
-    *n = s->n_params;
-    return OT_OK;
-}
-
-int ot_set_put_timeout(ot_sim *s, double seconds) {
-    if (!s) return OT_ERR_ARG;
-    s->ring.put_timeout = seconds;
-    return OT_OK;
-}
-
-static void progress(ot_sim *s, int force) {
-    uint64_t n = atomic_fetch_add(&s->beats, 1) + 1;
-    if (s->progress_fd < 0) return;
-    double now = ot_monotonic();
-    if (!force && now - atomic_load(&s->last_progress) < 0.05) return;
-    atomic_store(&s->last_progress, now);
-    char buf[21];
-    snprintf(buf, sizeof buf, "%20llu", (unsigned long long)n);
-    if (pwrite(s->progress_fd, buf, 20, 0) != 20) { /* the launcher may time us out; go on */
-    }
-}
-
-int ot_heartbeat(ot_sim *s) {
-    if (!s) return OT_ERR_ARG;
-    progress(s, 0);
-    return OT_OK;
-}
 
 static void free_sim(ot_sim *s) {
     if (s->progress_fd >= 0) close(s->progress_fd);
@@ -157,79 +67,6 @@ int ot_init(ot_sim **out, const char *channel, int64_t sim_id, const double *par
     return OT_OK;
 }
 
-/* OT_PARAMS: a JSON list of numbers. */
-static int parse_params(const char *txt, double **out, uint32_t *n) {
-    const char *p = txt;
-    while (*p == ' ' || *p == '\t' || *p == '\n') p++;
-    if (*p++ != '[') return -1;
-    size_t cap = 8, k = 0;
-    double *v = malloc(cap * sizeof *v);
-    if (!v) return -1;
-    for (;;) {
-        while (*p == ' ' || *p == '\t' || *p == '\n') p++;
-        if (*p == ']' && k == 0) { p++; break; }
-        char *end;
-        errno = 0;
-        double x = strtod(p, &end);
-        if (end == p || errno == ERANGE || k >= MAX_PARAMS) { free(v); return -1; }
-        if (k == cap) {
-            double *w = realloc(v, (cap *= 2) * sizeof *v);
-            if (!w) { free(v); return -1; }
-            v = w;
-        }
-        v[k++] = x;
-        p = end;
-        while (*p == ' ' || *p == '\t' || *p == '\n') p++;
-        if (*p == ',') { p++; continue; }
-        if (*p == ']') { p++; break; }
-        free(v);
-        return -1;
-    }
-    while (*p == ' ' || *p == '\t' || *p == '\n') p++;
-    if (*p) { free(v); return -1; }
-    *out = v;
-    *n = (uint32_t)k;
-    return 0;
-}
-
-int ot_init_env(ot_sim **out) {
-    if (!out) return OT_ERR_ARG;
-    *out = NULL;
-    const char *ch = getenv("OT_CHANNEL"), *sid = getenv("OT_SIM_ID"), *par = getenv("OT_PARAMS");
-    const char *to = getenv("OT_CONNECT_TIMEOUT");
-    const char *miss = !ch ? "OT_CHANNEL" : !sid ? "OT_SIM_ID" : !par ? "OT_PARAMS" : NULL;
-    if (miss) {
-        fprintf(stderr, "ot_init_env: %s is not set: run under `ot simulate` / `ot run`, or call "
-                "ot_init with explicit values\n", miss);
-        return OT_ERR_ENV;
-    }
-    char *end;
-    errno = 0;
-    long long id = strtoll(sid, &end, 10);
-    if (end == sid || *end || errno) {
-        fprintf(stderr, "ot_init_env: OT_SIM_ID=%s is not an integer\n", sid);
-        return OT_ERR_ENV;
-    }
-    double timeout = 30.0;
-    if (to && *to) {
-        timeout = strtod(to, &end);
-        if (end == to || *end) {
-            fprintf(stderr, "ot_init_env: OT_CONNECT_TIMEOUT=%s is not a number of seconds\n", to);
-            return OT_ERR_ENV;
-        }
-    }
-    double *params = NULL;
-    uint32_t n = 0;
-    if (parse_params(par, &params, &n) != 0) {
-        fprintf(stderr, "ot_init_env: OT_PARAMS=%s is not a JSON list of at most %d numbers\n",
-                par, MAX_PARAMS);
-        return OT_ERR_ENV;
-    }
-    int rc = ot_init(out, ch, (int64_t)id, params, n, timeout, getenv("OT_PROGRESS"));
-    free(params);
-    return rc;
-}
-
 static void put_u16(uint8_t *p, uint16_t v) { memcpy(p, &v, 2); }
 static void put_u32(uint8_t *p, uint32_t v) { memcpy(p, &v, 4); }
 static void put_u64(uint8_t *p, uint64_t v) { memcpy(p, &v, 8); }
@@ -238,30 +75,30 @@ static void put_u64(uint8_t *p, uint64_t v) { memcpy(p, &v, 8); }
 static int put_frame(ot_sim *s, int kind, int64_t step, const char *name, size_t name_len,
                      int dtype, int ndim, const uint64_t *shape, const uint64_t *gshape,
                      const uint64_t *offset, const void *data, const char *meta, size_t meta_len) {
-    if (dtype < 1 || dtype > 8) return fail(s, OT_ERR_ARG, "unknown dtype code %d (use ot_dtype)", dtype);
+    if (dtype < 1 || dtype > 8) return ot__fail(s, OT_ERR_ARG, "unknown dtype code %d (use ot_dtype)", dtype);
     if (ndim < 0 || ndim > MAX_NDIM)
-        return fail(s, OT_ERR_ARG, "ndim %d: use 0..%d axes", ndim, MAX_NDIM);
+        return ot__fail(s, OT_ERR_ARG, "ndim %d: use 0..%d axes", ndim, MAX_NDIM);
     if (name_len > MAX_NAME)
-        return fail(s, OT_ERR_ARG, "field name of %zu bytes: at most %d", name_len, MAX_NAME);
+        return ot__fail(s, OT_ERR_ARG, "field name of %zu bytes: at most %d", name_len, MAX_NAME);
     if (meta_len > MAX_META || (meta_len && !meta))
-        return fail(s, OT_ERR_ARG, "metadata of %zu bytes: at most %d (and not NULL)", meta_len,
+        return ot__fail(s, OT_ERR_ARG, "metadata of %zu bytes: at most %d (and not NULL)", meta_len,
                     MAX_META);
     if ((gshape == NULL) != (offset == NULL))
-        return fail(s, OT_ERR_ARG, "a piece needs both global_shape and offset (or neither)");
+        return ot__fail(s, OT_ERR_ARG, "a piece needs both global_shape and offset (or neither)");
     uint64_t count = 1;
     for (int i = 0; i < ndim; i++) {
-        if (!shape) return fail(s, OT_ERR_ARG, "shape is NULL with ndim %d", ndim);
-        if (shape[i] > (1ULL << 48)) return fail(s, OT_ERR_ARG, "extent %llu above 2^48", (unsigned long long)shape[i]);
+        if (!shape) return ot__fail(s, OT_ERR_ARG, "shape is NULL with ndim %d", ndim);
+        if (shape[i] > (1ULL << 48)) return ot__fail(s, OT_ERR_ARG, "extent %llu above 2^48", (unsigned long long)shape[i]);
         if (gshape && (gshape[i] > (1ULL << 48) || offset[i] > gshape[i] ||
                        shape[i] > gshape[i] - offset[i]))
-            return fail(s, OT_ERR_ARG, "piece of extent %llu at offset %llu on axis %d does not "
+            return ot__fail(s, OT_ERR_ARG, "piece of extent %llu at offset %llu on axis %d does not "
                         "lie inside global extent %llu", (unsigned long long)shape[i],
                         (unsigned long long)offset[i], i, (unsigned long long)gshape[i]);
-        if (shape[i] && count > UINT64_MAX / 8 / shape[i]) return fail(s, OT_ERR_ARG, "array too large");
+        if (shape[i] && count > UINT64_MAX / 8 / shape[i]) return ot__fail(s, OT_ERR_ARG, "array too large");
         count *= shape[i];
     }
     uint64_t payload = count * itemsize[dtype];
-    if (payload && !data) return fail(s, OT_ERR_ARG, "data is NULL for %llu bytes", (unsigned long long)payload);
+    if (payload && !data) return ot__fail(s, OT_ERR_ARG, "data is NULL for %llu bytes", (unsigned long long)payload);
     int piece = gshape != NULL;
     uint64_t dims = (uint64_t)ndim * (piece ? 3 : 1);
     uint64_t hlen = (FIXED + 8 * dims + 8ULL * s->n_params + name_len + meta_len + 7) & ~7ULL;
@@ -322,10 +159,10 @@ static field_count *field_entry(ot_sim *s, const char *name) {
 }
 
 static int check_field(ot_sim *s, const char *field, size_t *len) {
-    if (!field) return fail(s, OT_ERR_ARG, "field name is NULL");
+    if (!field) return ot__fail(s, OT_ERR_ARG, "field name is NULL");
     *len = strlen(field);
     if (*len == 0 || *len > MAX_NAME)
-        return fail(s, OT_ERR_ARG, "field name '%s' has %zu bytes: use 1..%d", field, *len, MAX_NAME);
+        return ot__fail(s, OT_ERR_ARG, "field name '%s' has %zu bytes: use 1..%d", field, *len, MAX_NAME);
     return OT_OK;
 }
 
@@ -352,8 +189,8 @@ int ot_send_piece(ot_sim *s, int64_t step, const char *field, ot_dtype dtype, in
     }
     pthread_mutex_unlock(&s->counts_lock);
     atomic_fetch_add(&s->sent, 1);
-    progress(s, 0);
-    return e ? OT_OK : fail(s, OT_ERR_NOMEM, "no memory to count field '%s'", field);
+    ot__progress(s, 0);
+    return e ? OT_OK : ot__fail(s, OT_ERR_NOMEM, "no memory to count field '%s'", field);
 }
 
 int ot_send(ot_sim *s, int64_t step, const char *field, ot_dtype dtype, int ndim,
@@ -367,7 +204,7 @@ int ot_announce(ot_sim *s, const char *field, int64_t steps, int64_t pieces) {
     int rc = check_field(s, field, &len);
     if (rc) return rc;
     if (steps < 0 || pieces < 1)
-        return fail(s, OT_ERR_ARG, "ot_announce('%s', %lld, %lld): need steps >= 0, pieces >= 1",
+        return ot__fail(s, OT_ERR_ARG, "ot_announce('%s', %lld, %lld): need steps >= 0, pieces >= 1",
                     field, (long long)steps, (long long)pieces);
     pthread_mutex_lock(&s->counts_lock);
     field_count *e = field_entry(s, field);
@@ -378,11 +215,11 @@ int ot_announce(ot_sim *s, const char *field, int64_t steps, int64_t pieces) {
         s->any_announced = 1;
     }
     pthread_mutex_unlock(&s->counts_lock);
-    return e ? OT_OK : fail(s, OT_ERR_NOMEM, "no memory for field '%s'", field);
+    return e ? OT_OK : ot__fail(s, OT_ERR_NOMEM, "no memory for field '%s'", field);
 }
 
 static int release(ot_sim *s, int rc) {
-    progress(s, 1);
+    ot__progress(s, 1);
     free_sim(s);
     return rc;
 }
@@ -416,7 +253,7 @@ int ot_finalize(ot_sim *s) {
     }
     int rc = OT_OK;
     if (meta_len > MAX_META) {
-        rc = fail(s, OT_ERR_ARG, "SIM_END names %d fields in %zu bytes: at most %d", n, meta_len,
+        rc = ot__fail(s, OT_ERR_ARG, "SIM_END names %d fields in %zu bytes: at most %d", n, meta_len,
                   MAX_META);
     } else {
         uint64_t shape[2] = {(uint64_t)n, 2};

@@ -134,7 +134,9 @@ contains
     type(c_ptr) :: p
     integer(c_int32_t) :: n
     real(c_double), pointer :: v(:)
+    n = 0
     rc = c_params(sim%h, p, n)
+    if (rc /= OT_OK) n = 0
     allocate(params(n))
     if (rc == OT_OK .and. n > 0) then
        call c_f_pointer(p, v, [n])
