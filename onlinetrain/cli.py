@@ -69,9 +69,9 @@ def sample(n, seed, method, base, second_order, bounds, dim, start_id):
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
               help="TOML config; its [solver] and [simulate] sections are used.")
 @click.option("--concurrency", type=int, help="Simulations at once.")
-@click.option("--solver", help="heat2d (default), or package.module:generator.")
-@click.option("--n", type=int, help="heat2d grid (interior nodes per side).")
-@click.option("--steps", type=int, help="heat2d time steps.")
+@click.option("--solver", help="heat2d (default), ks1d, or package.module:generator.")
+@click.option("--n", type=int, help="heat2d grid (interior nodes per side); ks1d grid points.")
+@click.option("--steps", type=int, help="heat2d time steps; ks1d output frames.")
 @click.option("--scheme", type=click.Choice(["implicit", "explicit"]))
 @click.option("--connect-timeout", type=float, help="Seconds to wait for the channel to appear.")
 @click.option("--relay", is_flag=True, help="tcp:// only: simulations write to a local ring and "
@@ -96,7 +96,8 @@ def simulate(url, study_dir, params_file, config_path, concurrency, solver, n, s
     if not url:
         raise click.UsageError("give --to URL (or --study DIR)")
     with _Guard():
-        kind = "program" if program else ("python" if solver and solver != "heat2d" else None)
+        kind = "program" if program else (solver if solver in ("heat2d", "ks1d") else
+                                          "python" if solver else None)
         cfg = C.load(config_path, {
             "solver.kind": kind, "solver.function": solver if kind == "python" else None,
             "solver.argv": list(program) or None, "solver.n": n, "solver.steps": steps,
@@ -130,8 +131,15 @@ def _report(s: dict):
     if s["val_mse"] is not None:
         click.echo(f"validation MSE {s['val_mse']:.5g}  vs mean-field baseline "
                    f"{s['mean_field_mse']:.5g}  (ratio {s['val_mse'] / s['mean_field_mse']:.3g})")
-    click.echo(json.dumps({k: s[k] for k in ("val_mse", "mean_field_mse", "batches",
-                                             "samples_received", "duplicates_dropped")}))
+    if s.get("mean_nRMSE") is not None:  # autoregressive mode (rollout.py)
+        h = s["rollout_horizon"]
+        click.echo(f"rollout of {s['rollout_sims']} held-out simulations over "
+                   f"{s['rollout_steps']} steps: mean nRMSE {s['mean_nRMSE']:.4g}, one-step MSE "
+                   f"{s['one_step_mse']:.4g}, nRMSE "
+                   + (f"crosses 1 at step {h}" if h else "stays below 1"))
+    keys = ("val_mse", "mean_field_mse", "batches", "samples_received", "duplicates_dropped",
+            "one_step_mse", "mean_nRMSE", "rollout_horizon")
+    click.echo(json.dumps({k: s[k] for k in keys if k in s}))
 
 
 @main.command()

@@ -58,18 +58,21 @@ def _check_types(obj, section: str):
 
 @dataclass
 class SolverConfig:
-    kind: str = "heat2d"  # heat2d | python | program
-    n: int = 32  # heat2d: interior nodes per side
-    steps: int = 100  # heat2d: time steps
+    kind: str = "heat2d"  # heat2d | ks1d | python | program
+    n: int = 32  # heat2d: interior nodes per side; ks1d: grid points (even)
+    steps: int = 100  # heat2d: time steps; ks1d: output frames
     scheme: str = "implicit"  # heat2d: implicit | explicit
     param_order: str = "onlinetrain"  # heat2d: Tx1 Tx2 Ty1 Ty2 T_IC | "melissa": T_IC Tx1 Tx2 Ty1 Ty2
     function: str = ""  # python: "package.module:generator" yielding (step, array) from params
     argv: list = field(default_factory=list)  # program: argv template, {sim_id} {params} {p0}.. {channel}
+    length: float = 0.0  # ks1d: domain length L (0: 32 pi)
+    dt: float = 0.0  # ks1d: ETDRK4 step (0: 0.25)
+    stride: int = 1  # ks1d: solver steps per output frame
 
     def __post_init__(self):
         _check_types(self, "solver")
-        _check(self.kind in ("heat2d", "python", "program"), "solver.kind", self.kind,
-               "use heat2d, python or program")
+        _check(self.kind in ("heat2d", "ks1d", "python", "program"), "solver.kind", self.kind,
+               "use heat2d, ks1d, python or program")
         _check(isinstance(self.n, int) and self.n >= 2, "solver.n", self.n, "an integer >= 2")
         _check(isinstance(self.steps, int) and self.steps >= 1, "solver.steps", self.steps,
                "an integer >= 1")
@@ -83,6 +86,15 @@ class SolverConfig:
                 Heat2DConfig(n=self.n, steps=self.steps, scheme=self.scheme).check_stable()
             except UnstableTimeStep as e:
                 raise ConfigError(f"solver: {e}", "solver.steps", self.steps) from None
+        if self.kind == "ks1d":
+            from solvers.ks1d import KS1DConfig  # noqa: PLC0415
+            _check(self.length >= 0 and self.dt >= 0, "solver.length/dt", (self.length, self.dt),
+                   "> 0 (or 0 for the ks1d default)")
+            try:
+                KS1DConfig(n=self.n, steps=self.steps, stride=self.stride,
+                           **{k: getattr(self, k) for k in ("length", "dt") if getattr(self, k)})
+            except ValueError as e:
+                raise ConfigError(f"solver: {e}", "solver", self.kind) from None
         if self.kind == "python":
             _check(":" in self.function, "solver.function", self.function,
                    "give 'package.module:function'")
@@ -202,9 +214,15 @@ class ModelConfig:
     adapter: str = "onlinetrain.surrogate:heat2d_xy"  # fn(frame, cfg) -> (x, y) float32 arrays
     hidden: int = 256
     layers: int = 2
+    mode: str = "field"  # field: (params, t) -> field | autoregressive: (u_t, params) -> u_t+1
+    target: str = "next"  # autoregressive: next (u_t+1) | increment (u_t+1 - u_t)
 
     def __post_init__(self):
         _check_types(self, "model")
+        _check(self.mode in ("field", "autoregressive"), "model.mode", self.mode,
+               "use field or autoregressive")
+        _check(self.target in ("next", "increment"), "model.target", self.target,
+               "use next or increment")
         for k in ("builder", "adapter"):
             _check(":" in getattr(self, k), f"model.{k}", getattr(self, k),
                    "give 'package.module:function'")
@@ -227,9 +245,12 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model (slow to start, on CPU especially)
     checkpoint_every: int = 0  # batches between resumable checkpoints (0: only at exit)
     keep_checkpoints: int = 2  # resumable checkpoints kept in <output.dir>/checkpoints
+    unroll: int = 1  # autoregressive: model steps the loss unrolls (windows of unroll + 1 steps)
 
     def __post_init__(self):
         _check_types(self, "train")
+        _check(isinstance(self.unroll, int) and self.unroll >= 1, "train.unroll", self.unroll,
+               "an integer >= 1")
         _check(isinstance(self.checkpoint_every, int) and self.checkpoint_every >= 0,
                "train.checkpoint_every", self.checkpoint_every, "an integer >= 0")
         _check(isinstance(self.keep_checkpoints, int) and self.keep_checkpoints >= 1,

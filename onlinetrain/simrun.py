@@ -3,7 +3,7 @@
     OT_CHANNEL=shm://demo OT_SIM_ID=3 OT_PARAMS='[100,200,300,400,500]' \
     OT_SOLVER='{"kind": "heat2d", "n": 32, "steps": 100}' python -m onlinetrain.simrun
 
-`kind = "heat2d"` runs solvers.heat2d; `kind = "python"` imports `function` ("pkg.mod:fn"), a
+`kind = "heat2d"` runs solvers.heat2d, `kind = "ks1d"` solvers.ks1d; `kind = "python"` imports `function` ("pkg.mod:fn"), a
 generator fn(params) yielding (time_step, array). Every step is sent through the client API; a
 failure inside the solver is reported to the trainer (SIM_FAILED) and exits with status 1.
 """
@@ -26,6 +26,12 @@ def generator(solver: dict, params):
                                  param_order=solver.get("param_order", "onlinetrain")):
             yield k, u.astype(np.float32)
         return
+    if solver.get("kind") == "ks1d":
+        from solvers import ks1d  # noqa: PLC0415
+        kw = {k: solver[k] for k in ("length", "dt", "stride") if solver.get(k)}
+        for k, u in ks1d.solve(params, n=solver.get("n", 128), steps=solver.get("steps", 100), **kw):
+            yield k, u.astype(np.float32)
+        return
     from .imports import import_function  # noqa: PLC0415
     yield from import_function(solver["function"])(params)
 
@@ -40,7 +46,7 @@ def main() -> int:
     try:
         with sim:
             for k, arr in generator(solver, list(sim.params)):
-                sim.send(k, arr, name=solver.get("field", "T"))
+                sim.send(k, arr, name=solver.get("field", "u" if solver.get("kind") == "ks1d" else "T"))
     except Exception as e:
         print(f"onlinetrain.simrun: simulation {sim.sim_id} failed: {type(e).__name__}: {e}",
               file=sys.stderr)

@@ -82,6 +82,8 @@ def child_env(solver, sim_id: int, params, url: str, connect_timeout: float,
                 "OT_CONNECT_TIMEOUT": str(connect_timeout),
                 "OT_SOLVER": json.dumps({"kind": solver.kind, "n": solver.n, "steps": solver.steps,
                                          "scheme": solver.scheme, "function": solver.function,
+                                         "length": solver.length, "dt": solver.dt,
+                                         "stride": solver.stride,
                                          "param_order": solver.param_order})})
     # children must import this very onlinetrain (and solvers/) even when it is not installed
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

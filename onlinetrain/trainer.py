@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import checkpoint, ddp, evaluate, valfields
+from . import ar, checkpoint, ddp, evaluate, valfields
 from .channel import open_consumer
 from .errors import OTError
 from .imports import import_function
@@ -63,6 +63,7 @@ def train(cfg, consumer=None, expected_sims: int | None = None, on_progress=None
     out.mkdir(parents=True, exist_ok=True)
     adapter = import_function(cfg.model.adapter, "model.adapter")
     builder = import_function(cfg.model.builder, "model.builder")
+    mode = ar.training_mode(cfg, adapter)  # autoregressive: windows, rollout validation (ar.py)
     own = consumer is None
     created, rx = False, None
     try:
@@ -93,6 +94,11 @@ def train(cfg, consumer=None, expected_sims: int | None = None, on_progress=None
             created = ddp.init_group(env, ddp.backend_for(device),
                                      float(os.environ.get("OT_DIST_TIMEOUT", "300")))
         buf = buffer_from_config(cfg.buffer, seed_offset=env.rank)
+        if mode is not None:
+            if env.world > 1:
+                raise TrainError("model.mode = 'autoregressive' trains on one rank for now: run "
+                                 "without torchrun / srun or an mpi:// channel", env.world)
+            adapter, buf = mode.adapter, mode.wrap(buf)
         stats = None
         if stats_wanted(cfg):
             if env.world > 1:
@@ -106,7 +112,7 @@ def train(cfg, consumer=None, expected_sims: int | None = None, on_progress=None
             checkpoint.restore_stream(ck, rx, buf)
         rx.start()
         return fit(buf, cfg, rx=rx, builder=builder, device=device, env=env, ck=ck,
-                   on_progress=on_progress, stop_event=stop_event, consumer=consumer)
+                   on_progress=on_progress, stop_event=stop_event, consumer=consumer, mode=mode)
     finally:
         if rx is not None and rx.ident is not None:  # started
             rx.stop_event.set()
@@ -118,7 +124,8 @@ def train(cfg, consumer=None, expected_sims: int | None = None, on_progress=None
 
 
 def fit(buf, cfg, *, rx=None, builder=None, device=None, env: ddp.DistEnv | None = None,
-        ck: dict | None = None, on_progress=None, stop_event=None, consumer=None) -> dict:
+        ck: dict | None = None, on_progress=None, stop_event=None, consumer=None,
+        mode=None) -> dict:
     """The training loop on `buf` (already being filled, or filled and ended). `rx`: the Receiver
     filling it (validation, accounting, checkpoints; without one there is no validation and no
     checkpoint). `env` with world > 1 needs the process group initialised (ddp.init_group)."""
@@ -129,14 +136,16 @@ def fit(buf, cfg, *, rx=None, builder=None, device=None, env: ddp.DistEnv | None
     if builder is None:
         builder = import_function(cfg.model.builder, "model.builder")
     torch.set_num_threads(cfg.train.resolved_threads())
-    return _Loop(cfg, buf, rx, builder, device, env, ck, on_progress, stop_event, consumer).run()
+    return _Loop(cfg, buf, rx, builder, device, env, ck, on_progress, stop_event, consumer,
+                 mode).run()
 
 
 class _Loop:
     """The loop's state; run() is the loop. Ranks agree on every decision (see the module doc)."""
 
     def __init__(self, cfg, buf, rx, builder, device, env, ck, on_progress, stop_event,
-                 consumer):
+                 consumer, mode=None):
+        self.mode = mode  # ar.Autoregressive, or None
         self.cfg, self.buf, self.rx, self.builder, self.device, self.env = \
             cfg, buf, rx, builder, device, env
         self.on_progress, self.stop_event, self.consumer = on_progress, stop_event, consumer
@@ -171,7 +180,8 @@ class _Loop:
         import torch  # noqa: PLC0415
         cfg = self.cfg
         try:
-            m = self.builder(int(in_dim), int(out_dim), cfg)
+            m = (self.mode.build(self.builder, int(in_dim), int(out_dim)) if self.mode
+                 else self.builder(int(in_dim), int(out_dim), cfg))
         except Exception as e:  # the user's code: one line that names it, not a traceback
             raise TrainError(f"model.builder = {cfg.model.builder!r} failed for in_dim {in_dim}, "
                              f"out_dim {out_dim}: {type(e).__name__}: {e}",
@@ -197,8 +207,12 @@ class _Loop:
             x = torch.zeros((0, self.dims[0]), device=dev)
             y = torch.zeros((0, self.dims[1]), device=dev)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.cfg.train.amp == "bf16"):
-            pred = self.net(x)
-        sse = ((pred.float() - y) ** 2).mean(dim=1).sum()
+            if self.mode is not None:  # autoregressive: a window, unrolled (ar.py)
+                sse = self.mode.sse(self.net, x, y)
+            else:
+                pred = self.net(x)
+        if self.mode is None:
+            sse = ((pred.float() - y) ** 2).mean(dim=1).sum()
         loss = sse * (self.env.world / n_rows)  # DDP averages over ranks: mean over the union
         self.in_step = True
         self.opt.zero_grad(set_to_none=True)
@@ -245,23 +259,32 @@ class _Loop:
         return [rx.samples, len(rx.val_arrays()[2]), rx.duplicates, rx.rejected, len(rx.sims_done),
                 len(rx.sims_failed)]
 
+    def _validate(self):
+        """(val MSE, validation samples, extra figures): the rollout's in autoregressive mode."""
+        if self.mode is not None and self.rx is not None:
+            r = self.mode.validate(self.model, self.rx)
+            return r["val_mse"], r["rollout_sims"], r
+        items = evaluate.val_items(self.rx)
+        return evaluate.validate(self.model, items, self.device), len(items[0]), {}
+
     def _log(self, t0, loss_acc, n_acc, wait, span):
         c = self.coll
-        v_mse = evaluate.validate(self.model, items := evaluate.val_items(self.rx), self.device)
-        v_sse, v_n, t_sse, t_n, w = c.sum([0.0 if v_mse is None else v_mse * len(items[0]),
-                                           len(items[0]), float(loss_acc), n_acc, wait])
+        v_mse, n_val, extra = self._validate()
+        v_sse, v_n, t_sse, t_n, w = c.sum([0.0 if v_mse is None else v_mse * n_val,
+                                           n_val, float(loss_acc), n_acc, wait])
         counts = c.sum_ints(self._counts() + [len(self.buf)])
         val_mse = float(v_sse / v_n) if v_n else None
         m = {"batch": self.batches, "time": round(time.monotonic() - t0, 3),
              "lr": self.sched.get_last_lr()[0], "train_loss": float(t_sse / max(t_n, 1)),
              "val_mse": val_mse, "samples": counts[0], "buffer": counts[6],
              "sims_done": counts[4], "duplicates": counts[2], "ranks": self.env.world,
-             "data_wait_frac": round(float(w) / self.env.world / max(span, 1e-9), 4)}
+             "data_wait_frac": round(float(w) / self.env.world / max(span, 1e-9), 4), **extra}
         if self.writer:
             self.metrics.write(json.dumps(m) + "\n")
             self.metrics.flush()
             self.tb.add(m)  # output.tensorboard: the same scalars for TensorBoard
-            valfields.save(self.out, self.model, self.rx, self.device, self.cfg, self.batches)
+            if self.mode is None:  # fields of (params, t) models only
+                valfields.save(self.out, self.model, self.rx, self.device, self.cfg, self.batches)
             if self.on_progress:
                 self.on_progress(m)
         return val_mse
@@ -312,7 +335,8 @@ class _Loop:
                 if n_have == 0 or n_have + n_exh < env.world:
                     continue
                 if self.model is None:
-                    self._build(*c.max_ints([pending.x.shape[1], pending.y.shape[1]]
+                    self._build(*c.max_ints(list(self.mode.dims()) if self.mode else
+                                            [pending.x.shape[1], pending.y.shape[1]]
                                             if pending is not None else [0, 0]))
                 try:
                     sse, n = self._step(pending, n_rows)
@@ -366,9 +390,8 @@ class _Loop:
                              f"{f' (rank {env.rank} of {env.world})' if env.world > 1 else ''} "
                              f"({frames} frames): is a simulation running and sending to this "
                              f"channel?", cfg.channel_url)
-        items = evaluate.val_items(rx)
-        v_mse = evaluate.validate(self.model, items, self.device)
-        v_sse, v_n = c.sum([0.0 if v_mse is None else v_mse * len(items[0]), len(items[0])])
+        v_mse, n_val, extra = self._validate()
+        v_sse, v_n = c.sum([0.0 if v_mse is None else v_mse * n_val, n_val])
         tot = c.sum_ints(self._counts() + [getattr(self.consumer, "abandoned", 0)])
         wall = time.monotonic() - t0
         summary = {"val_mse": float(v_sse / v_n) if v_n else None,
@@ -378,14 +401,15 @@ class _Loop:
                    "sims_failed": tot[5], "buffer": self.buf.stats(), "wall_s": round(wall, 3),
                    "abandoned_slots": tot[6], "ranks": env.world,
                    "rank_samples": self._counts()[0],
-                   "data_wait_frac": round(
-                       float(c.sum([wait_all])[0]) / env.world / max(wall, 1e-9), 4)}
+                   "data_wait_frac": round(float(c.sum([wait_all])[0]) / env.world / max(wall, 1e-9),
+                                           4), **extra}
         if getattr(rx, "stats", None) is not None:  # [stats]: docs/stats.md
             rx.stats.save(self.out / "stats.npz")
             summary["stats"] = dict(rx.stats.counts)
         self.save(final=True, summary=summary)  # rank 0 also writes <out>/checkpoint.pt
         if self.writer:
-            valfields.save(self.out, self.model, rx, self.device, cfg, self.batches)  # ot report
+            if self.mode is None:
+                valfields.save(self.out, self.model, rx, self.device, cfg, self.batches)  # ot report
             (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         if cfg.buffer.record_arrivals:
             name = "arrivals.npy" if env.rank == 0 else f"arrivals-rank{env.rank}.npy"
