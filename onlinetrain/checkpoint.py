@@ -21,8 +21,6 @@ never imports the trainer.
 """
 from __future__ import annotations
 
-from .errors import OTError
-
 import hashlib
 import json
 import logging
@@ -31,6 +29,8 @@ import re
 from pathlib import Path
 
 import numpy as np
+
+from .errors import OTError
 
 log = logging.getLogger(__name__)
 DIRNAME = "checkpoints"

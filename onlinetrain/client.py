@@ -24,8 +24,6 @@ docs/wire-format.md).
 """
 from __future__ import annotations
 
-from .errors import OTError
-
 import json
 import logging
 import os
@@ -36,6 +34,7 @@ import numpy as np
 
 from . import frame as fr
 from .channel import open_producer
+from .errors import OTError
 
 log = logging.getLogger(__name__)
 ENV_CHANNEL, ENV_SIM_ID, ENV_PARAMS, ENV_TIMEOUT = "OT_CHANNEL", "OT_SIM_ID", "OT_PARAMS", \

@@ -10,8 +10,6 @@ names the offending value; an unknown section or key is an error that lists the 
 """
 from __future__ import annotations
 
-from .errors import OTError
-
 import dataclasses
 import os
 import re
@@ -19,6 +17,8 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .errors import OTError
 
 
 class ConfigError(OTError, ValueError):

@@ -21,12 +21,12 @@ in docs/wire-format.md (the contract for C and Fortran writers).
 """
 from __future__ import annotations
 
-from .errors import OTError
-
 import struct
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from .errors import OTError
 
 MAGIC = b"OTFR"
 VERSION = 2

@@ -33,8 +33,6 @@ released by the next worker that looks (`reclaim`).
 """
 from __future__ import annotations
 
-from .errors import OTError
-
 import json
 import logging
 import os
@@ -44,6 +42,8 @@ from pathlib import Path
 
 import psutil
 from filelock import FileLock, Timeout
+
+from .errors import OTError
 
 log = logging.getLogger(__name__)
 PENDING, RUNNING, DONE, FAILED, STOPPED = "pending", "running", "done", "failed", "stopped"

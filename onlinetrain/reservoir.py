@@ -31,12 +31,12 @@ autoregressive surrogates (u_t -> u_t+1) is in onlinetrain/pairs.py.
 """
 from __future__ import annotations
 
-from .errors import OTError
-
 import threading
 from dataclasses import dataclass
 
 import numpy as np
+
+from .errors import OTError
 
 
 class BufferError_(OTError, RuntimeError):

@@ -16,12 +16,12 @@ role = id % R (R = p + 2, or 2p + 2), and every row also says its "group" and "r
 """
 from __future__ import annotations
 
-from .errors import OTError
-
 import json
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
+
+from .errors import OTError
 
 METHODS = ("uniform", "lhs", "halton", "sobol")
 DEFAULT_BOUNDS = ((100.0, 500.0),) * 5

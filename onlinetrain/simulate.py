@@ -19,8 +19,6 @@ the ledger says when the study is over: `source=study.LedgerSource(...)`).
 """
 from __future__ import annotations
 
-from .errors import OTError
-
 import json
 import logging
 import os
@@ -36,6 +34,7 @@ import numpy as np
 from . import frame as fr
 from .channel import open_producer
 from .client import ENV_PROGRESS, sim_end_sent
+from .errors import OTError
 from .launch import ProcessLauncher, consumer_gone, thread_env
 
 log = logging.getLogger(__name__)

@@ -10,12 +10,12 @@ onlinetrain/slurm_run.py and onlinetrain/slurm_launch.py; the study's records in
 """
 from __future__ import annotations
 
-from .errors import OTError
-
 import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
+
+from .errors import OTError
 
 SQUEUE_FORMAT = "%i|%A|%T|%r|%j"  # job id (12+1) | numeric id (13, its steps' job) | state | reason | name
 STEPS_FORMAT = "%i|%j|%N"  # step id | step name | nodes
