@@ -91,13 +91,22 @@ def _start_producer(name, side, rate, fill, seconds):
     return pr, go, stop, counter
 
 
+def _stop_producer(stop, pr, ring):
+    """End a paced producer process (10 s grace, then kill) and close the arm's ring."""
+    stop.set()
+    pr.join(10)
+    if pr.is_alive():
+        pr.kill()
+    ring.close()
+
+
 DEVICE = {"train.device": "cpu", "train.threads": 1}  # --device / --threads set these for every arm
 
 
 def _cfg(out, **kw):
     ov = {"simulate.producers": 1, "solver.steps": STEPS, "buffer.kind": "reservoir",
           "buffer.capacity": 2000, "buffer.watermark": 2000, "model.hidden": 64,
-          "model.layers": 2, "train.batch_size": 32, "train.threads": 1,
+          "model.layers": 2, "train.batch_size": 32,
           "train.max_batches": 10 ** 9, "train.val_every": 50, "train.lr_milestones": [],
           "output.dir": str(out), "channel.idle_timeout": 600}
     ov.update(DEVICE)
@@ -161,11 +170,7 @@ def train_arm(cfg, name, side, rate, fill, seconds):
     except KeyboardInterrupt:
         pass
     finally:
-        stop.set()
-        pr.join(10)
-        if pr.is_alive():
-            pr.kill()
-        ring.close()
+        _stop_producer(stop, pr, ring)
     (t0, b0, s0), (t1, b1, s1) = reports[0], reports[-1]
     dt = t1 - t0
     return {"batches_per_s": (b1 - b0) / dt, "samples_per_s": (b1 - b0) * cfg.train.batch_size / dt,
@@ -193,11 +198,7 @@ def idle_receiver_arm(cfg, name, side, rate, seconds):
     finally:
         rx.stop_event.set()
         rx.join(5)
-        stop.set()
-        pr.join(10)
-        if pr.is_alive():
-            pr.kill()
-        ring.close()
+        _stop_producer(stop, pr, ring)
     return {"frames_per_s": (s1 - s0) / (t1 - t0)}
 
 
@@ -226,11 +227,7 @@ def drain_arm(cfg, name, n):
         c1, t1 = time.thread_time(), time.monotonic()
         assert rx.error is None and rx.samples == n, (rx.error, rx.samples)
     finally:
-        stop.set()
-        pr.join(10)
-        if pr.is_alive():
-            pr.kill()
-        ring.close()
+        _stop_producer(stop, pr, ring)
     return {"cpu_us_per_frame": (c1 - c0) / n * 1e6, "wall_us_per_frame": (t1 - t0) / n * 1e6}
 
 
