@@ -2,8 +2,8 @@
 
     flock /tmp/ot-bench.lock nice -n 0 env PYTHONPATH=$PWD python bench/feed.py --quick
 
-All arms use the real training loop (`onlinetrain.trainer.train`, given the consumer end of a shm
-ring), the heat2d adapter and `build_mlp`; producers are separate processes using the real
+All arms use the real training loop (`onlinetrain.trainer.train` on a shm ring; its receiver a
+process, or with `--receiver thread` a thread given the ring), the heat2d adapter and `build_mlp`; producers are separate processes using the real
 producer API (RingProducer.put_many, frames with SIM_END counts), like `ot simulate`.
 
   memory     the same loop (trainer.fit) over a Reservoir preloaded in memory (random samples of
@@ -97,10 +97,11 @@ def _stop_producer(stop, pr, ring):
     pr.join(10)
     if pr.is_alive():
         pr.kill()
-    ring.close()
+    if ring is not None:
+        ring.close()
 
 
-DEVICE = {"train.device": "cpu", "train.threads": 1}  # --device / --threads set these for every arm
+DEVICE = {"train.device": "cpu", "train.threads": 1, "train.receiver": "process"}  # --device / --threads set these for every arm
 
 
 def _cfg(out, **kw):
@@ -150,7 +151,10 @@ def memory_arm(cfg, seconds):
 def train_arm(cfg, name, side, rate, fill, seconds):
     """train() on the ring while a producer sends; rates from its on_progress reports."""
     from onlinetrain.trainer import train  # noqa: PLC0415
-    ring = RingConsumer.create(name, capacity=cfg.channel.ring_mb << 20)
+    ring = None  # a receiving process creates it (train.receiver)
+    if cfg.train.receiver == "thread":
+        ring = RingConsumer.create(name, capacity=cfg.channel.ring_mb << 20)
+    cfg.channel.url = f"shm://{name}"
     pr, go, stop, counter = _start_producer(name, side, rate, fill, seconds + 30)
     if not fill:
         go.set()  # nothing to fill: the paced phase starts at once
@@ -178,15 +182,21 @@ def train_arm(cfg, name, side, rate, fill, seconds):
 
 
 def idle_receiver_arm(cfg, name, side, rate, seconds):
-    """The paced producer into a receiver alone (no training): frames adapted per second."""
+    """The paced producer into a receiver alone (no training): frames adapted per second; the
+    receiver is the same kind (process or thread) as the training arms'."""
     from onlinetrain.receiver import Receiver  # noqa: PLC0415
     from onlinetrain.reservoir import make_buffer  # noqa: PLC0415
+    from onlinetrain.rxremote import RemoteReceiver  # noqa: PLC0415
     from onlinetrain.surrogate import heat2d_xy  # noqa: PLC0415
-    ring = RingConsumer.create(name, capacity=cfg.channel.ring_mb << 20)
-    pr, go, stop, counter = _start_producer(name, side, rate, 0, seconds + 30)
     buf = make_buffer("reservoir", cfg.buffer.capacity, cfg.buffer.watermark)
-    rx = Receiver(ring, buf, cfg, heat2d_xy)
+    if cfg.train.receiver == "thread":
+        ring = RingConsumer.create(name, capacity=cfg.channel.ring_mb << 20)
+        rx = Receiver(ring, buf, cfg, heat2d_xy)
+    else:
+        ring = None
+        rx = RemoteReceiver(cfg, f"shm://{name}", buf)
     rx.start()
+    pr, go, stop, counter = _start_producer(name, side, rate, 0, seconds + 30)
     try:
         go.set()
         deadline = time.monotonic() + 60
@@ -199,6 +209,8 @@ def idle_receiver_arm(cfg, name, side, rate, seconds):
         rx.stop_event.set()
         rx.join(5)
         _stop_producer(stop, pr, ring)
+        if ring is None:
+            rx.close()
     return {"frames_per_s": (s1 - s0) / (t1 - t0)}
 
 
@@ -262,8 +274,11 @@ def main(argv=None):
                     help="only: the loop alone vs beside a Python thread busy 10%% of the time")
     ap.add_argument("--device", default="cpu", help="train.device of every arm (cpu, cuda)")
     ap.add_argument("--threads", type=int, default=1, help="train.threads of every arm")
+    ap.add_argument("--receiver", default="process", choices=("process", "thread"),
+                    help="train.receiver of every arm (docs/receiver.md)")
     a = ap.parse_args(argv)
-    DEVICE.update({"train.device": a.device, "train.threads": a.threads})
+    DEVICE.update({"train.device": a.device, "train.threads": a.threads,
+                   "train.receiver": a.receiver})
     if a.gil_probe:
         with tempfile.TemporaryDirectory() as tmp:
             g = gil_probe(tmp, a.seconds or 4.0)

@@ -115,11 +115,18 @@ def capture(model, opt, sched, batches: int, rx, buf, cfg, *, dims=None, pending
     buffer are copied). Rank 0's holds the train section (model, optimizer, scheduler: the same on
     every rank); `pending` are batches drawn from the buffer but not trained yet (the prefetcher's),
     as (x, y, keys) arrays: a resumed run trains them first."""
-    with rx.lock, buf.cond:
-        sections = {"buffer": _buffer_state(buf), "receiver": _receiver_state(rx)}
-        if getattr(rx, "stats", None) is not None:  # [stats]: docs/stats.md
-            from .stats_state import to_tensors  # noqa: PLC0415
-            sections["stats"] = to_tensors(rx.stats.state_dict())
+    pause = getattr(rx, "pause", None)  # a receiving process: its state as of now (rxremote)
+    if pause is not None:
+        pause()
+    try:
+        with rx.lock, buf.cond:
+            sections = {"buffer": _buffer_state(buf), "receiver": _receiver_state(rx)}
+            if getattr(rx, "stats", None) is not None:  # [stats]: docs/stats.md
+                from .stats_state import to_tensors  # noqa: PLC0415
+                sections["stats"] = to_tensors(rx.stats.state_dict())
+    finally:
+        if pause is not None:
+            rx.resume()
     sections["rng"] = rng_state(device)
     sections["prefetch"] = {"batches": [{"x": _t(x), "y": _t(y), "keys": _t(k, np.int64)}
                                         for x, y, k in pending]}

@@ -246,9 +246,12 @@ class TrainConfig:
     checkpoint_every: int = 0  # batches between resumable checkpoints (0: only at exit)
     keep_checkpoints: int = 2  # resumable checkpoints kept in <output.dir>/checkpoints
     unroll: int = 1  # autoregressive: model steps the loss unrolls (windows of unroll + 1 steps)
+    receiver: str = "auto"  # process | thread | auto (process unless mpi://): docs/receiver.md
 
     def __post_init__(self):
         _check_types(self, "train")
+        _check(self.receiver in ("auto", "process", "thread"), "train.receiver", self.receiver,
+               'use "auto", "process" or "thread"')
         _check(isinstance(self.unroll, int) and self.unroll >= 1, "train.unroll", self.unroll,
                "an integer >= 1")
         _check(isinstance(self.checkpoint_every, int) and self.checkpoint_every >= 0,

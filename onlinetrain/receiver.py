@@ -232,10 +232,7 @@ class Receiver(threading.Thread):
         is_val = self.cfg.validation.is_validation
         val = np.array([is_val(st.sim_id) for st in keep], bool)
         if val.any():
-            for i in np.flatnonzero(val):
-                self._vx.append(np.array(xs[i]))
-                self._vy.append(np.array(ys[i]))
-                self._vk.append((int(keys[i, 0]), int(keys[i, 1])))
+            self._keep_val(xs[val], ys[val], keys[val])
             xs, ys, keys = xs[~val], ys[~val], keys[~val]
         self.samples += len(keep)
         if len(keys):
@@ -244,6 +241,13 @@ class Receiver(threading.Thread):
             self.y_sum += ys.sum(axis=0, dtype=np.float64)
             self.y_count += len(keys)
             self._put(xs, ys, keys)
+
+    def _keep_val(self, xs, ys, keys) -> None:
+        """Held-out rows (the receiving process sends them to the trainer instead: rxproc.py)."""
+        for i in range(len(keys)):
+            self._vx.append(np.array(xs[i]))
+            self._vy.append(np.array(ys[i]))
+            self._vk.append((int(keys[i, 0]), int(keys[i, 1])))
 
     def _size_ok(self, nx: int, ny: int, st, n: int = 1) -> bool:
         if self.sizes is None:

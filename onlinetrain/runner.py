@@ -28,7 +28,7 @@ from .channel import open_consumer, parse_url
 from .launch import ProcessLauncher, check_ring_free, cpu_share, study_channel, token_env
 from .shm_channel import clean_stale
 from .simulate import run_simulations
-from .trainer import train
+from .trainer import remote_receiver, train
 
 log = logging.getLogger(__name__)
 
@@ -100,13 +100,16 @@ def _run_locked(cfg, out: Path, t0: float, on_progress, resume: bool, stop_event
     u = parse_url(url)
     if u.scheme == "shm":
         clean_stale(u.name)
-    consumer = open_consumer(url, capacity=cfg.channel.ring_mb << 20, study_dir=str(out))
+    # the trainer's receiving process opens the channel itself (simulations wait for it)
+    consumer = None if remote_receiver(cfg, True) else \
+        open_consumer(url, capacity=cfg.channel.ring_mb << 20, study_dir=str(out))
     try:
         if not resume:
             new_study(cfg, out)
         finished = attach_study(cfg, resume)
     except BaseException:
-        consumer.close()
+        if consumer is not None:
+            consumer.close()
         raise
     stop = stop_event or threading.Event()
     sim_box: dict = {}
@@ -143,7 +146,8 @@ def _run_locked(cfg, out: Path, t0: float, on_progress, resume: bool, stop_event
     finally:
         stop.set()
         th.join(timeout=30)
-        consumer.close()
+        if consumer is not None:
+            consumer.close()
     res = sim_box.get("result")
     if res is not None:
         summary["sims_failed_reasons"] = {str(k): v for k, v in res.failed.items()}

@@ -37,6 +37,7 @@ from .imports import import_function
 from .prefetch import Prefetcher
 from .reservoir import from_config as buffer_from_config
 from .receiver import Receiver
+from .rxremote import RemoteReceiver
 from .stats import Statistics, stats_wanted
 from .tb import tensorboard_sink
 
@@ -83,11 +84,14 @@ def train(cfg, consumer=None, expected_sims: int | None = None, on_progress=None
         ck = checkpoint.load_latest(out) if resume else None
         if ck is not None:
             ck = checkpoint.for_rank(ck, env.rank, env.world)
-        if consumer is None:
+        remote = remote_receiver(cfg, own and consumer is None, finished)
+        if remote:
+            pass  # the receiving process opens the channel (and writes the tcp endpoint file)
+        elif consumer is None:
             consumer = open_consumer(ddp.rank_url(cfg.channel_url, env),
                                      capacity=cfg.channel.ring_mb << 20,
                                      study_dir=cfg.output.dir)  # tcp: secret.token lives there
-        if getattr(consumer, "port", None) is not None:  # port 0 listeners: tell the producers
+        if consumer is not None and getattr(consumer, "port", None) is not None:  # port 0 listeners: tell the producers
             (out / f"endpoint-rank{env.rank}").write_text(
                 f"tcp://{consumer.host}:{consumer.port}\n")
         if env.world > 1:
@@ -105,9 +109,16 @@ def train(cfg, consumer=None, expected_sims: int | None = None, on_progress=None
                 raise TrainError(f"[stats] with {env.world} ranks: a pick-freeze group must reach "
                                  f"one statistics consumer; train with one rank, or run `ot stats` "
                                  f"as its own consumer (docs/stats.md)", env.world)
-            stats = Statistics(cfg.stats, steps_hint=cfg.solver.steps, report=log.warning)
-        rx = Receiver(consumer, buf, cfg, adapter, expected_sims, finished)
-        rx.stats = stats
+            if not remote:  # else the receiving process runs them
+                stats = Statistics(cfg.stats, steps_hint=cfg.solver.steps, report=log.warning)
+        if remote:  # docs/receiver.md
+            rx = RemoteReceiver(cfg, ddp.rank_url(cfg.channel_url, env), buf, rank=env.rank,
+                                expected_sims=expected_sims,
+                                study_dir=None if finished is None else finished.ledger.dir)
+            consumer = rx  # its `abandoned` count
+        else:
+            rx = Receiver(consumer, buf, cfg, adapter, expected_sims, finished)
+            rx.stats = stats
         if ck is not None:
             checkpoint.restore_stream(ck, rx, buf)
         rx.start()
@@ -117,10 +128,29 @@ def train(cfg, consumer=None, expected_sims: int | None = None, on_progress=None
         if rx is not None and rx.ident is not None:  # started
             rx.stop_event.set()
             rx.join(timeout=5)
+        if isinstance(rx, RemoteReceiver):
+            rx.close()
         if created:
             ddp.destroy_group()
-        if own and consumer is not None:
+        if own and consumer is not None and not isinstance(consumer, RemoteReceiver):
             consumer.close()
+
+
+def remote_receiver(cfg, own: bool, finished=None) -> bool:
+    """Whether the receiver runs as its own process (train.receiver; docs/receiver.md). `own`:
+    the trainer opens its channel itself (it was not handed an open one)."""
+    from .study import StudyDone  # noqa: PLC0415
+    why = ("the trainer was handed an open channel" if not own else
+           "mpi:// channels are received by the trainer's own MPI rank"
+           if cfg.channel_url.startswith("mpi://") else
+           "autoregressive mode needs the adapter's field shape in the trainer"
+           if cfg.model.mode == "autoregressive" else
+           "the study's end condition is not a ledger" if
+           finished is not None and not isinstance(finished, StudyDone) else None)
+    if cfg.train.receiver == "process" and why is not None:
+        raise TrainError(f"train.receiver = 'process' is not possible here: {why}; use "
+                         f"'thread' or 'auto'", cfg.train.receiver)
+    return cfg.train.receiver != "thread" and why is None
 
 
 def fit(buf, cfg, *, rx=None, builder=None, device=None, env: ddp.DistEnv | None = None,
