@@ -10,10 +10,13 @@
 #include "melissa_api.h"
 #include "ot_client.h"
 
+#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 #define MAX_FIELDS 256
 
@@ -33,21 +36,40 @@ static struct {
     int finalized;
 } ctx;
 
-static void die(MPI_Comm comm, const char *fn, const char *fmt, const char *a, const char *b) {
-    fprintf(stderr, "%s: ", fn);
-    fprintf(stderr, fmt, a, b);
-    fputc('\n', stderr);
-    fflush(stderr);
+/* Print "FN: message" as one write (ranks' lines never interleave), close the connection and
+ * abort every rank. `quiet`: a collective error every rank found; only rank 0 of `comm` says it.
+ * The pause before MPI_Abort lets mpiexec forward the line before it tears the job down. */
+static void die_(int quiet, MPI_Comm comm, const char *fn, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 4, 5)))
+#endif
+    ;
+static void die_(int quiet, MPI_Comm comm, const char *fn, const char *fmt, ...) {
+    char line[1024];
+    int n = snprintf(line, sizeof line, "%s: ", fn);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line + n, sizeof line - (size_t)n - 1, fmt, ap);
+    va_end(ap);
+    strcat(line, "\n");
+    if (!quiet && write(2, line, strlen(line)) < 0) { /* nothing more to do */
+    }
     if (ctx.sim) {
         ot_close(ctx.sim);
         ctx.sim = NULL;
     }
-    int up = 0, down = 0;
+    int up = 0, down = 0, size = 1;
     MPI_Initialized(&up);
     MPI_Finalized(&down);
-    if (up && !down) MPI_Abort(comm == MPI_COMM_NULL ? MPI_COMM_WORLD : comm, 1);
+    if (up && !down) {
+        if (comm == MPI_COMM_NULL) comm = MPI_COMM_WORLD;
+        MPI_Comm_size(comm, &size);
+        if (size > 1) nanosleep(&(struct timespec){0, 500000000L}, NULL);
+        MPI_Abort(comm, 1);
+    }
     exit(1);
 }
+#define die(comm, fn, ...) die_(0, comm, fn, __VA_ARGS__)
 
 static mfield *find(const char *name) {
     for (int i = 0; i < ctx.n_fields; i++)
@@ -56,7 +78,7 @@ static mfield *find(const char *name) {
 }
 
 static int field_name_ok(const char *fn, const char *name) {
-    if (!name) die(MPI_COMM_WORLD, fn, "field_name is NULL: give the field's name%s%s", "", "");
+    if (!name) die(MPI_COMM_WORLD, fn, "field_name is NULL: give the field's name");
     size_t n = strnlen(name, 256);
     if (n == 0 || n > 255)
         die(MPI_COMM_WORLD, fn, "field name '%.255s' has %s bytes: use 1..255 (NUL-terminated; "
@@ -69,21 +91,18 @@ void melissa_init(const char *field_name, const int local_vect_size, MPI_Comm co
     field_name_ok(fn, field_name);
     int up = 0;
     MPI_Initialized(&up);
-    if (!up) die(MPI_COMM_WORLD, fn, "field '%s': MPI is not initialized%s: call MPI_Init first",
-                 field_name, "");
+    if (!up) die(MPI_COMM_WORLD, fn, "field '%s': MPI is not initialized: call MPI_Init first",
+                 field_name);
     if (ctx.finalized)
-        die(comm, fn, "field '%s': melissa_finalize was already called%s", field_name, "");
+        die(comm, fn, "field '%s': melissa_finalize was already called", field_name);
     if (find(field_name))
-        die(comm, fn, "field '%s' is already registered%s: call melissa_init once per field",
-            field_name, "");
+        die(comm, fn, "field '%s' is already registered: call melissa_init once per field",
+            field_name);
     if (ctx.n_fields == MAX_FIELDS)
-        die(comm, fn, "field '%s': too many fields (%s): at most 256", field_name, "256");
-    if (local_vect_size < 0) {
-        char v[32];
-        snprintf(v, sizeof v, "%d", local_vect_size);
-        die(comm, fn, "field '%s': local_vect_size = %s: give the number of doubles this rank "
-            "sends (>= 0)", field_name, v);
-    }
+        die(comm, fn, "field '%s': too many fields: at most %d", field_name, MAX_FIELDS);
+    if (local_vect_size < 0)
+        die(comm, fn, "field '%s': local_vect_size = %d: give the number of doubles this rank "
+            "sends (>= 0)", field_name, local_vect_size);
     mfield *f = &ctx.fields[ctx.n_fields];
     memset(f, 0, sizeof *f);
     snprintf(f->name, sizeof f->name, "%s", field_name);
@@ -101,14 +120,14 @@ void melissa_init(const char *field_name, const int local_vect_size, MPI_Comm co
     f->total = total;
     f->pieces = pieces;
     if (!ctx.sim && ot_init_env(&ctx.sim) != OT_OK) /* the message is on stderr already */
-        die(comm, fn, "field '%s': cannot connect to the trainer%s (see above)", field_name, "");
+        die(comm, fn, "field '%s': cannot connect to the trainer (see above)", field_name);
     ctx.n_fields++;
 }
 
 void melissa_init_f(const char *field_name, int *local_vect_size, MPI_Fint *comm_fortran) {
     if (!local_vect_size || !comm_fortran)
-        die(MPI_COMM_WORLD, "melissa_init_f", "field '%s': local_vect_size or comm is NULL%s",
-            field_name ? field_name : "(null)", "");
+        die(MPI_COMM_WORLD, "melissa_init_f", "field '%.255s': local_vect_size or comm is NULL",
+            field_name ? field_name : "(null)");
     melissa_init(field_name, *local_vect_size, MPI_Comm_f2c(*comm_fortran));
 }
 
@@ -119,10 +138,10 @@ static void msend(const char *fn, const char *field_name, const double *v, const
         die(MPI_COMM_WORLD, fn, "field '%s' was not registered: call melissa_init(\"%s\", "
             "local_vect_size, comm) first", field_name, field_name);
     if (ctx.finalized || !ctx.sim)
-        die(f->comm, fn, "field '%s': melissa_finalize was already called%s", field_name, "");
+        die(f->comm, fn, "field '%s': melissa_finalize was already called", field_name);
     int64_t step = f->sends++;
     if (f->local == 0) return; /* this rank holds no part of the field */
-    if (!v) die(f->comm, fn, "field '%s': send_vect is NULL%s", field_name, "");
+    if (!v) die(f->comm, fn, "field '%s': send_vect is NULL", field_name);
     uint64_t shape = (uint64_t)f->local, global = (uint64_t)f->total, off = (uint64_t)f->offset;
     size_t meta_len = meta ? strlen(meta) : 0;
     int rc = ot_send_piece(ctx.sim, step, field_name, OT_FLOAT64, 1, &shape, &global, &off, v,
@@ -150,12 +169,9 @@ void melissa_finalize(void) {
         long long mine = f->sends, lo = 0, hi = 0;
         MPI_Allreduce(&mine, &lo, 1, MPI_LONG_LONG, MPI_MIN, f->comm);
         MPI_Allreduce(&mine, &hi, 1, MPI_LONG_LONG, MPI_MAX, f->comm);
-        if (lo != hi) {
-            char v[96];
-            snprintf(v, sizeof v, "between %lld and %lld times", lo, hi);
-            die(f->comm, fn, "field '%s' was sent %s by the ranks: every rank calls melissa_send "
-                "once per time step", f->name, v);
-        }
+        if (lo != hi) /* every rank found it: rank 0 says it */
+            die_(f->rank != 0, f->comm, fn, "field '%s' was sent between %lld and %lld times by "
+                 "the ranks: every rank calls melissa_send once per time step", f->name, lo, hi);
         MPI_Barrier(f->comm); /* every rank's last piece is in the ring */
     }
     lead = ctx.n_fields > 0 && ctx.fields[0].rank == 0;
@@ -173,6 +189,6 @@ void melissa_finalize(void) {
         ot_close(ctx.sim);
         ctx.sim = NULL;
     }
-    if (rc != OT_OK) die(ctx.fields[0].comm, fn, "%s%s", "cannot end the simulation: ",
+    if (rc != OT_OK) die(ctx.fields[0].comm, fn, "cannot end the simulation: %s",
                          ctx.sim ? ot_errmsg(ctx.sim) : ot_strerror(rc));
 }
