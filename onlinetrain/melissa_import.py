@@ -55,6 +55,7 @@ class _Converter:
         self.notes: dict[str, str] = {}  # "section.key" -> where it came from
         self.warnings: list[str] = []
         self.mpirun_client: list[str] | None = None  # openmpi: mpirun's options for a client
+        self.layout: list[str] = []  # server options ot's own trainer layout already gives
 
     # -- helpers ---------------------------------------------------------------------------------
     def set(self, dotted: str, value, note: str):
@@ -233,8 +234,8 @@ class _Converter:
                           "process (no mpirun for the trainer)")
             self.mpirun_client = list(client or [])
         else:
-            self.server_args(server or [])
-            self.client_args(client or [])
+            self.sched_args(server or [], "server")
+            self.sched_args(client or [], "client")
         done = {"scheduler", "job_limit", "timer_delay", "scheduler_arg_server",
                 "scheduler_arg_client"}
         reasons = {"fault_tolerance": "ot always restarts failed simulations "
@@ -246,55 +247,38 @@ class _Converter:
                 self.skip(f"launcher_config.{k}", reasons.get(k, "no ot equivalent ([slurm] "
                                                                   "options: docs/slurm.md)"))
 
-    @staticmethod
-    def _opt(a: str):
-        m = re.fullmatch(r"(--?[A-Za-z][\w-]*)(?:=(.*))?", a)
-        return (m.group(1), m.group(2)) if m else (None, None)
-
-    def server_args(self, args: list[str]):
-        key, rest = "launcher_config.scheduler_arg_server", []
+    def sched_args(self, args: list[str], who: str):
+        """scheduler_arg_server / _client: the options ot has keys for, the rest as sbatch args."""
+        key, rest, server = f"launcher_config.scheduler_arg_{who}", [], who == "server"
+        ints = {"--cpus-per-task": "slurm.cpus"} if server else {
+            "--ntasks": "simulate.ntasks", "-n": "simulate.ntasks", "--nodes": "slurm.nodes",
+            "--cpus-per-task": "slurm.cpus_per_task"}
         for a in args:
-            opt, val = self._opt(a)
-            if opt in ("--ntasks", "-n") and val is not None:
-                if val != "1":
-                    self.skip(f"{key} {a}", "`ot slurm` runs the trainer as one task (one rank); "
-                              "DDP over several GPUs is `ot train` under srun (docs/distributed.md)")
-            elif opt == "--nodes" and val is not None:
-                if val != "1":
-                    self.skip(f"{key} {a}", "the trainer runs on one node")
-            elif opt in ("--gres", "--gpus") and val is not None and re.fullmatch(
-                    r"(gpu:)?([\w-]+:)?\d+", val):
-                n = int(val.rsplit(":", 1)[-1])
+            m = re.fullmatch(r"(--?[A-Za-z][\w-]*)(?:=(.*))?", a)
+            opt, val = (m.group(1), m.group(2)) if m else (None, None)
+            gpus = re.fullmatch(r"(gpu:)?([\w-]+:)?(\d+)", val or "")
+            if opt in ints and val is not None and val.isdigit():
+                self.set(ints[opt], int(val), f"{key} {a}")
+            elif server and opt in ("--ntasks", "-n", "--nodes") and val == "1":
+                self.layout.append(f"{key} {a}")  # what ot asks for the trainer anyway
+            elif server and opt in ("--ntasks", "-n") and val is not None:
+                self.skip(f"{key} {a}", "`ot slurm` runs the trainer as one task (one rank); "
+                          "DDP over several GPUs is `ot train` under srun (docs/distributed.md)")
+            elif server and opt == "--nodes" and val is not None:
+                self.skip(f"{key} {a}", "the trainer runs on one node")
+            elif server and opt in ("--gres", "--gpus") and gpus:
+                n = int(gpus.group(3))
                 self.set("slurm.gpus", n, f"{key} {a}")
                 self.set("train.device", "cuda", f"{key} {a}")
                 if n > 1:
                     self.warnings.append(f"{key} {a}: the trainer is one rank on one GPU: {n} "
                                          f"GPUs are requested, one is used")
-            elif opt == "--cpus-per-task" and val is not None and val.isdigit():
-                self.set("slurm.cpus", int(val), f"{key} {a}")
             elif opt is None:
                 self.skip(f"{key} {a!r}", "give sbatch options as single --name=value items")
             else:
                 rest.append(a)
         if rest:
-            self.set("slurm.trainer_args", rest, key)
-
-    def client_args(self, args: list[str]):
-        key, rest = "launcher_config.scheduler_arg_client", []
-        for a in args:
-            opt, val = self._opt(a)
-            if opt in ("--ntasks", "-n") and val is not None and val.isdigit():
-                self.set("simulate.ntasks", int(val), f"{key} {a}")
-            elif opt == "--nodes" and val is not None and val.isdigit():
-                self.set("slurm.nodes", int(val), f"{key} {a}")
-            elif opt == "--cpus-per-task" and val is not None and val.isdigit():
-                self.set("slurm.cpus_per_task", int(val), f"{key} {a}")
-            elif opt is None:
-                self.skip(f"{key} {a!r}", "give sbatch options as single --name=value items")
-            else:
-                rest.append(a)
-        if rest:
-            self.set("slurm.simulation_args", rest, key)
+            self.set("slurm.trainer_args" if server else "slurm.simulation_args", rest, key)
 
     def client(self):
         cc = self.section("client_config")
@@ -365,7 +349,8 @@ class _Converter:
 
 def convert(doc, name: str = "melissa"):
     """(data {section: {key: value}}, notes {"section.key": source}, warnings) of a Melissa
-    configuration (the parsed JSON); the data is a valid onlinetrain config (checked)."""
+    configuration (the parsed JSON); the data is a valid onlinetrain config (checked). notes[""]
+    lists what needs no key (server options ot's trainer layout already gives)."""
     if not isinstance(doc, dict):
         raise MelissaImportError(f"a Melissa configuration is a JSON object, not "
                                  f"{type(doc).__name__}", None, doc)
@@ -377,6 +362,8 @@ def convert(doc, name: str = "melissa"):
         src = c.notes.get(e.key or "", "")
         raise MelissaImportError(f"{e}" + (f" (from {src})" if src else ""), e.key,
                                  e.value) from None
+    if c.layout:
+        c.notes[""] = ", ".join(c.layout) + ": one trainer task on one node, as ot asks anyway"
     return c.data, c.notes, c.warnings
 
 
@@ -385,6 +372,8 @@ def render(data: dict, notes: dict, source: str) -> str:
     out = [f"# onlinetrain study imported from Melissa's {source} by `ot import-melissa`",
            "# (docs/from-melissa.md). Shared memory (the default channel) needs the trainer and",
            "# the simulations on one node; across nodes set [channel] url = \"tcp://HOST:PORT\"."]
+    if notes.get(""):
+        out.append(f"# {notes['']}")
     for sec in ORDER:
         if sec not in data:
             continue

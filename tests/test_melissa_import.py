@@ -77,9 +77,8 @@ def test_the_talks_configuration_imports_and_every_key_is_accounted_for(tmp_path
     # never dropped silently: each key (each scheduler option) is in a note of the TOML or on stderr
     doc = json.loads(TALK.read_text())
     for where, key in _leaves(doc):
-        if key in ("--nodes=1", "--ntasks=1") and where.endswith("server"):
-            continue  # the trainer's own layout (one task, one node): what ot asks anyway
         assert key in r.stdout or key in r.stderr, (where, key)
+    assert "# launcher_config.scheduler_arg_server --nodes=1: one trainer task on one node" in r.stdout
 
 
 @pytest.mark.timeout(60)
