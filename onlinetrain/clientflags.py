@@ -106,8 +106,8 @@ def build(fortran: bool = False, cc: str | None = None, fc: str | None = None,
     mpicc_argv = None
     if melissa:
         mpicc_argv = _compiler(mpicc or os.environ.get("MPICC") or "mpicc", "MPI C compiler",
-                               "install an MPI (Debian: apt-get install libmpich-dev mpich) or pass "
-                               "--mpicc / set MPICC to your MPI's compiler wrapper")
+                               "install an MPI (Debian: apt-get install libmpich-dev mpich) or "
+                               "pass --mpicc / set MPICC to your MPI's compiler wrapper")
         h.update(_identity(mpicc_argv))
         for name in M_SOURCES:
             h.update((src / "melissa" / name).read_bytes())

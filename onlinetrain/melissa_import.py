@@ -1,4 +1,4 @@
-"""`ot import-melissa CONFIG.json > study.toml`: a Melissa study configuration as an onlinetrain one.
+"""`ot import-melissa CONFIG.json > study.toml`: a Melissa study configuration as ours.
 
 Maps the keys of Melissa's documented JSON configuration (study_options, dl_config,
 launcher_config, client_config, server_filename/server_class) to our sections; every key it does
@@ -120,8 +120,8 @@ class _Converter:
                 self.skip("study_options.group_size", "Sobol' groups: sample them with `ot sample "
                                                       "-m pick-freeze` and use `ot stats`")
             else:
-                self.skip(f"study_options.{k}", "a key of your own, read by your server code: "
-                                                "ot does not use it (keep the value in your adapter)")
+                self.skip(f"study_options.{k}", "a key of your own, read by your server code: ot "
+                                                "does not use it (keep the value in your adapter)")
 
     def bounds(self, so: dict, n_par):
         pr, lo, hi = so.get("parameter_range"), so.get("l_bounds"), so.get("u_bounds")
@@ -173,16 +173,15 @@ class _Converter:
                 self.set("buffer.kind", BUFFERS[kind.lower()], "dl_config.buffer")
             else:
                 self.skip(f"dl_config.buffer = {kind!r}", "ot's buffers are FIFO, FIRO and "
-                                                          "Reservoir; the default, reservoir, is used")
+                          "Reservoir; the default, reservoir, is used")
         pe = self.get("dl_config", "pseudo_epochs", pos_int, "an integer >= 1")
         kind_ours = self.data.get("buffer", {}).get("kind", "reservoir")
         if pe is not None:
             if kind_ours == "firo":
                 self.set("buffer.pseudo_epochs", pe, "dl_config.pseudo_epochs")
-            elif pe != 1:
-                self.skip("dl_config.pseudo_epochs", "with a FIRO buffer only (buffer.pseudo_epochs);"
-                                                     " for offline epochs use buffer.kind = "
-                                                     "\"offline\" and buffer.epochs")
+            else:
+                self.skip("dl_config.pseudo_epochs", "with a FIRO buffer only (buffer.pseudo_"
+                          "epochs); for offline epochs: buffer.kind = \"offline\", buffer.epochs")
         tb = self.get("dl_config", "tensorboard", lambda v: isinstance(v, bool), "true or false")
         if tb is not None:
             self.set("output.tensorboard", tb, "dl_config.tensorboard")
