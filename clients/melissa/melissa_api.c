@@ -22,7 +22,7 @@
 
 typedef struct {
     char name[256];
-    MPI_Comm comm;
+    MPI_Comm comm;           /* a duplicate of the solver's communicator */
     int rank, size;          /* in comm */
     long long local, offset, total;
     int pieces;              /* ranks of comm with local > 0 */
@@ -106,7 +106,8 @@ void melissa_init(const char *field_name, const int local_vect_size, MPI_Comm co
     mfield *f = &ctx.fields[ctx.n_fields];
     memset(f, 0, sizeof *f);
     snprintf(f->name, sizeof f->name, "%s", field_name);
-    f->comm = comm;
+    MPI_Comm_dup(comm, &f->comm); /* our collectives never mix with the solver's */
+    comm = f->comm;
     MPI_Comm_rank(comm, &f->rank);
     MPI_Comm_size(comm, &f->size);
     long long mine = local_vect_size, below = 0, total = 0;
@@ -163,7 +164,6 @@ void melissa_finalize(void) {
     if (ctx.finalized) return;
     ctx.finalized = 1;
     if (!ctx.sim) return; /* no field was registered: nothing was sent */
-    int lead = 0;
     for (int i = 0; i < ctx.n_fields; i++) {
         mfield *f = &ctx.fields[i];
         long long mine = f->sends, lo = 0, hi = 0;
@@ -174,13 +174,14 @@ void melissa_finalize(void) {
                  "the ranks: every rank calls melissa_send once per time step", f->name, lo, hi);
         MPI_Barrier(f->comm); /* every rank's last piece is in the ring */
     }
-    lead = ctx.n_fields > 0 && ctx.fields[0].rank == 0;
+    int lead = ctx.n_fields > 0 && ctx.fields[0].rank == 0;
+    MPI_Comm abort_comm = ctx.n_fields > 0 ? ctx.fields[0].comm : MPI_COMM_WORLD;
     int rc = OT_OK;
     if (lead) {
         for (int i = 0; i < ctx.n_fields && rc == OT_OK; i++)
             if (ctx.fields[i].pieces > 0) /* a field of size 0 has nothing to wait for */
                 rc = ot_announce(ctx.sim, ctx.fields[i].name, ctx.fields[i].sends,
-                             ctx.fields[i].pieces);
+                                 ctx.fields[i].pieces);
         if (rc == OT_OK) {
             rc = ot_finalize(ctx.sim); /* SIM_END with the counts; frees the handle */
             ctx.sim = NULL;
@@ -189,6 +190,7 @@ void melissa_finalize(void) {
         ot_close(ctx.sim);
         ctx.sim = NULL;
     }
-    if (rc != OT_OK) die(ctx.fields[0].comm, fn, "cannot end the simulation: %s",
+    if (rc != OT_OK) die(abort_comm, fn, "cannot end the simulation: %s",
                          ctx.sim ? ot_errmsg(ctx.sim) : ot_strerror(rc));
+    for (int i = 0; i < ctx.n_fields; i++) MPI_Comm_free(&ctx.fields[i].comm);
 }
