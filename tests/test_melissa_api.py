@@ -200,3 +200,39 @@ def test_melissa_solver_runs_under_ot_run_unchanged(built, ring_name, tmp_path, 
             m = json.loads((seen / f"{sid}-{k}.json").read_text())
             assert m == {"parameters": params, "fields": ["pressure", "temperature"],
                          "metadata": {"pressure": json.dumps({"step": k})}}
+
+
+@pytest.mark.timeout(300)
+def test_imported_melissa_study_runs_the_melissa_solver(built, ring_name, tmp_path, monkeypatch):
+    """The whole drop-in path: a Melissa configuration (openmpi scheduler, FIRO buffer) through
+    `ot import-melissa`, the solver built against our melissa_api.h, the talk's ported server
+    function (server_filename -> model.adapter), all under `ot run`."""
+    from click.testing import CliRunner
+    from onlinetrain.cli import main
+    from onlinetrain.melissa_import import convert, render
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT / "tests"), str(ROOT)]))
+    solver_out = tmp_path / "solver"
+    solver_out.mkdir()
+    doc = {"server_filename": "melissa_server.py", "server_class": "HeatPDEServerDL",
+           "output_dir": str(tmp_path / "o"),
+           "study_options": {"field_names": ["temperature", "pressure"],
+                             "parameters_sweep_size": 3, "nb_parameters": 2,
+                             "nb_time_steps": STEPS, "parameter_range": [0.5, 1.5], "seed": 5,
+                             "simulation_timeout": 60},
+           "dl_config": {"batch_size": 4, "per_server_watermark": 4, "buffer_size": 32,
+                         "buffer": "FIRO", "nb_batches_update": 2},
+           "launcher_config": {"scheduler": "openmpi", "job_limit": 2,
+                               "scheduler_arg_client": ["-n", "2"]},
+           "client_config": {"executable_command": built["melissa_sim"],
+                             "command_default_args": [str(solver_out), str(STEPS)]}}
+    data, notes, warnings = convert(doc, ring_name)
+    assert data["solver"]["argv"][:3] == ["mpirun", "-n", "2"]
+    data["solver"]["argv"][0] = built["mpi"]["run"]  # the MPI the solver was built with
+    study = tmp_path / "study.toml"
+    study.write_text(render(data, notes, "test.json"))
+    r = CliRunner().invoke(main, ["run", str(study), "--quiet"])
+    assert r.exit_code == 0, r.output
+    s = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert s["sims_done"] == 3 and s["sims_failed"] == 0 and s["duplicates_dropped"] == 0
+    assert s["samples_received"] == 3 * STEPS and s["batches"] == 3 * STEPS // 4
+    assert len(list((tmp_path / "o" / "seen").glob("*-temperature.npy"))) == 3 * STEPS
