@@ -6,7 +6,8 @@ compiler wrapper) and checks: the documented prototypes, declared first, agree w
 and .f90: two fields, uneven rank sizes, metadata) run under `ot run` unchanged on 1 and 2 ranks,
 and every field of every step reaches the adapter (the talk's process_simulation_data, ported by
 its signature line: tests/melissa_server.py) equal, bit for bit, to what the solver wrote itself;
-misuse ends the program with one clear line.
+misuse ends the program with one clear line; and the whole drop-in path (a Melissa configuration
+through `ot import-melissa`, the solver, the ported server function) trains under `ot run`.
 """
 from __future__ import annotations
 
