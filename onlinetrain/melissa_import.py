@@ -16,7 +16,7 @@ import re
 import shlex
 from pathlib import Path
 
-from .config import ConfigError, from_dict
+from .config import ConfigError, TrainConfig, from_dict
 from .config_view import toml_value
 from .errors import OTError
 
@@ -189,10 +189,11 @@ class _Converter:
         steps = self.data.get("solver", {}).get("steps")
         bs = self.data.get("train", {}).get("batch_size")
         if kind_ours in ("fifo", "firo") and n and steps and bs:
-            batches = max(1, n * steps * (pe or 1) // bs)
-            self.set("train.max_batches", batches, "every sample served once per pseudo-epoch: "
-                                                   "parameters_sweep_size * nb_time_steps * "
-                                                   "pseudo_epochs / batch_size")
+            about = -(-n * steps * (pe if kind_ours == "firo" and pe else 1) // bs)
+            self.set("train.max_batches", max(TrainConfig().max_batches, 2 * about),
+                     f"a cap only: {kind_ours.upper()} training ends when the buffer is drained "
+                     f"after the last simulation, about {about} batches (parameters_sweep_size "
+                     f"* nb_time_steps * pseudo_epochs / batch_size)")
         done = {"batch_size", "buffer_size", "per_server_watermark", "nb_batches_update",
                 "checkpoint_interval", "buffer", "pseudo_epochs", "tensorboard"}
         for k in dl:
