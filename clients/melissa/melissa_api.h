@@ -15,7 +15,7 @@
  *     melissa_finalize();                                     // collective, before MPI_Finalize
  *
  * Build: mpicc mysim.c $(python -m onlinetrain.clientflags --melissa --cflags --libs)
- *        mpif90 mysim.f90 $(python -m onlinetrain.clientflags --melissa --fortran --cflags --libs)
+ *        mpif90 mysim.f90 $(python -m onlinetrain.clientflags --melissa --cflags --libs)
  *        (Fortran: `include "mpif.h"` then `include "melissa_api.f90"`, as with Melissa.)
  *
  * Semantics (docs/from-melissa.md):
