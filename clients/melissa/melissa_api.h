@@ -3,7 +3,7 @@
  * and streams to an onlinetrain trainer (`ot run`, `ot simulate`, `ot slurm`).
  *
  * Written from Melissa's public API documentation (the prototypes below are the documented ones;
- * every function returns nothing, as documented). It is not Melissa's code.
+ * the documentation gives no return value: every function returns void). Not Melissa's code.
  *
  *     #include <melissa_api.h>
  *     melissa_init("temperature", n_local, MPI_COMM_WORLD);   // once per field, collective
