@@ -178,6 +178,7 @@ def main(argv=None) -> int:
     ap.add_argument("--study", default=None)
     ap.add_argument("--resume", default=None)
     ap.add_argument("--log-level", default="WARNING")
+    ap.add_argument("--parent", type=int, default=0, help="the trainer's pid")
     a = ap.parse_args(argv)
     logging.basicConfig(level=a.log_level, stream=sys.stderr,
                         format=f"%(levelname)s receiver[{a.rank}] %(name)s: %(message)s")
@@ -196,10 +197,10 @@ def main(argv=None) -> int:
         from .ledger import Ledger  # noqa: PLC0415
         from .study import StudyDone  # noqa: PLC0415
         finished = StudyDone(Ledger(a.study))
-    parent = os.getppid()
-    prod = RingProducer.attach(a.ring, timeout=10)
-    consumer = None
+    parent = a.parent or os.getppid()  # (it may have died before this process got here)
+    prod = consumer = None
     try:
+        prod = RingProducer.attach(a.ring, timeout=10)
         consumer = open_consumer(a.url, capacity=cfg.channel.ring_mb << 20,
                                  study_dir=cfg.output.dir)
         if getattr(consumer, "port", None) is not None:  # port 0 listeners: tell the producers
@@ -226,14 +227,16 @@ def main(argv=None) -> int:
         try:
             meta = json.dumps({"seq": -1, "path": None, "final": True,
                                "error": f"{type(e).__name__}: {e}"}).encode()
-            prod.put(fr.Frame(0, 0, name=STATE, meta=meta), timeout=5)
+            if prod is not None:
+                prod.put(fr.Frame(0, 0, name=STATE, meta=meta), timeout=5)
         except Exception:  # noqa: BLE001 - the trainer sees the process exit instead
             pass
         return 1
     finally:
         if consumer is not None:
             consumer.close()
-        prod.close()
+        if prod is not None:
+            prod.close()
         if os.getppid() != parent:  # the trainer died: its private ring is ours to remove
             try:
                 os.unlink(segment_path(a.ring))

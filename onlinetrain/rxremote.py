@@ -146,7 +146,8 @@ class RemoteReceiver:
                        "given": sorted(getattr(self.cfg, "given", ()))}, fh)
         argv = [sys.executable, "-m", "onlinetrain.rxproc", "--config", cfg_path, "--url",
                 self.url, "--ring", self.ring_name, "--dir", self.dir, "--rank", str(self.rank),
-                "--log-level", logging.getLevelName(logging.getLogger().getEffectiveLevel())]
+                "--log-level", logging.getLevelName(logging.getLogger().getEffectiveLevel()),
+                "--parent", str(os.getpid())]
         if self.expected_sims is not None:
             argv += ["--expected", str(self.expected_sims)]
         if self.study_dir is not None:
@@ -200,6 +201,8 @@ class RemoteReceiver:
                 pass
         self.ring.close()
         shutil.rmtree(self.dir, ignore_errors=True)
+        if self.url.startswith("shm://"):  # the channel of a process that was killed
+            clean_stale(self.url[len("shm://"):])
 
     # --- checkpoint section ------------------------------------------------------------------
     def pause(self) -> None:

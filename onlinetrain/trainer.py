@@ -430,6 +430,7 @@ class _Loop:
                    "duplicates_dropped": tot[2], "frames_rejected": tot[3], "sims_done": tot[4],
                    "sims_failed": tot[5], "buffer": self.buf.stats(), "wall_s": round(wall, 3),
                    "abandoned_slots": tot[6], "ranks": env.world,
+                   "receiver": "process" if isinstance(rx, RemoteReceiver) else "thread",
                    "rank_samples": self._counts()[0],
                    "data_wait_frac": round(float(c.sum([wait_all])[0]) / env.world / max(wall, 1e-9),
                                            4), **extra}
