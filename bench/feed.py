@@ -3,8 +3,10 @@
     flock /tmp/ot-bench.lock nice -n 0 env PYTHONPATH=$PWD python bench/feed.py --quick
 
 All arms use the real training loop (`onlinetrain.trainer.train` on a shm ring; its receiver a
-process, or with `--receiver thread` a thread given the ring), the heat2d adapter and `build_mlp`; producers are separate processes using the real
-producer API (RingProducer.put_many, frames with SIM_END counts), like `ot simulate`.
+process, or with `--receiver thread` a thread given the ring), the heat2d adapter and
+`build_mlp`; producers are separate processes: with `--producer c` (the default) bench/c/feed_producer.c on the C client (ot_init / ot_send / ot_finalize per
+simulation, as an instrumented solver), with `--producer python` the Python producer API
+(RingProducer.put_many, frames with SIM_END counts).
 
   memory     the same loop (trainer.fit) over a Reservoir preloaded in memory (random samples of
              the same sizes), no channel, no receiver: the rate the loop reaches when data is free
@@ -29,6 +31,7 @@ import argparse
 import json
 import multiprocessing as mp
 import os
+import subprocess
 import sys
 import tempfile
 import threading
@@ -83,7 +86,58 @@ def produce(name, side, rate, fill, seconds, go, stop, counter):
     p.close()
 
 
-def _start_producer(name, side, rate, fill, seconds):
+class _CProducer:
+    """bench/c/feed_producer.c (the C client) behind the (process, go, stop, counter) interface
+    of the Python producer: go.set() starts the paced phase, stop.set() ends it."""
+
+    def __init__(self, exe, name, side, rate, fill, seconds):
+        self.p = subprocess.Popen([str(exe), name, str(side), str(rate), str(fill), str(seconds),
+                                   str(STEPS)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  text=True)
+        self.value, self._go = 0, False
+        self.go, self.stop, self.counter = self, _Stop(self), self
+
+    def set(self):  # go
+        if not self._go:
+            self._go = True
+            threading.Thread(target=self._start, daemon=True).start()
+
+    def _start(self):
+        self.p.stdout.readline()  # "filled"
+        self.p.stdin.write("go\n")
+        self.p.stdin.flush()
+
+    def join(self, timeout):
+        try:
+            out, _ = self.p.communicate(timeout=timeout)
+            self.value = int(out.split()[-1]) if out.split() else 0
+        except (subprocess.TimeoutExpired, ValueError):
+            pass
+
+    def is_alive(self):
+        return self.p.poll() is None
+
+    def kill(self):
+        self.p.kill()
+        self.p.wait()
+
+
+class _Stop:
+    def __init__(self, prod):
+        self.prod = prod
+
+    def set(self):
+        if self.prod.p.poll() is None:
+            self.prod.p.terminate()
+
+
+PRODUCER = {"exe": None}  # --producer c: the built bench/c/feed_producer.c
+
+
+def _start_producer(name, side, rate, fill, seconds, python=False):
+    if PRODUCER["exe"] is not None and not python:
+        pr = _CProducer(PRODUCER["exe"], name, side, rate, fill, seconds)
+        return pr, pr.go, pr.stop, pr.counter
     go, stop, counter = CTX.Event(), CTX.Event(), CTX.Value("q", 0)
     pr = CTX.Process(target=produce, args=(name, side, rate, fill, seconds, go, stop, counter),
                      daemon=True)
@@ -225,7 +279,7 @@ def drain_arm(cfg, name, n):
     from onlinetrain.reservoir import make_buffer  # noqa: PLC0415
     from onlinetrain.surrogate import heat2d_xy  # noqa: PLC0415
     ring = RingConsumer.create(name, capacity=64 << 20)
-    pr, go, stop, counter = _start_producer(name, 4, 0, n, 1)
+    pr, go, stop, counter = _start_producer(name, 4, 0, n, 1, python=True)  # counts as it fills
     try:
         go.set()
         deadline = time.monotonic() + 120
@@ -276,7 +330,17 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=1, help="train.threads of every arm")
     ap.add_argument("--receiver", default="process", choices=("process", "thread"),
                     help="train.receiver of every arm (docs/receiver.md)")
+    ap.add_argument("--producer", default="c", choices=("c", "python"),
+                    help="the paced producers: the C client (as a solver) or Python put_many")
     a = ap.parse_args(argv)
+    if a.producer == "c":
+        from onlinetrain import clientflags  # noqa: PLC0415
+        cflags, libs = clientflags.flags()
+        exe = os.path.join(tempfile.mkdtemp(prefix="ot-feed-"), "feed_producer")
+        subprocess.run(["cc", "-std=c11", "-O2", *cflags, os.path.join(
+            os.path.dirname(os.path.abspath(__file__)), "c", "feed_producer.c"), "-o", exe,
+            *libs], check=True)
+        PRODUCER["exe"] = exe
     DEVICE.update({"train.device": a.device, "train.threads": a.threads,
                    "train.receiver": a.receiver})
     if a.gil_probe:
@@ -292,13 +356,15 @@ def main(argv=None):
     def log(arm):
         print(f"# {arm}: {res[arm]}", file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        small = _cfg(os.path.join(tmp, "small"))
+        # a 1 MB ring: the C client maps (MAP_POPULATE) the whole ring at each ot_init, once per
+        # simulation of 100 steps, 200 times a second here; 64 MB would cost it ~20 ms each
+        small = _cfg(os.path.join(tmp, "small"), **{"channel.ring_mb": 1})
         res["memory"] = memory_arm(_cfg(os.path.join(tmp, "memory")), sec)
         log("memory")
         res["reservoir"] = train_arm(small, f"feed_{tag}_r", 4, 0, 2000, sec)
         log("reservoir")
-        res["ingest"] = train_arm(_cfg(os.path.join(tmp, "ingest")), f"feed_{tag}_i", 4, 20_000,
-                                  2000, sec)
+        res["ingest"] = train_arm(_cfg(os.path.join(tmp, "ingest"), **{"channel.ring_mb": 1}),
+                                  f"feed_{tag}_i", 4, 20_000, 2000, sec)
         log("ingest")
         big = _cfg(os.path.join(tmp, "big"), **{"buffer.capacity": 300, "buffer.watermark": 1,
                                                  "model.hidden": 16, "model.layers": 1,
