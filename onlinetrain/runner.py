@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from . import checkpoint, sampler
+from .breed_study import breeder_for
 from .ledger import Ledger, LedgerError
 from .study import LedgerSource, StudyDone, prepare_resume, trainer_lock
 from .channel import open_consumer, parse_url
@@ -113,7 +114,8 @@ def _run_locked(cfg, out: Path, t0: float, on_progress, resume: bool, stop_event
 
     def simulate():
         try:
-            source = LedgerSource(Ledger(out), cfg.simulate, redraw=redraw_for(cfg))
+            source = LedgerSource(Ledger(out), cfg.simulate, redraw=redraw_for(cfg),
+                                  breeder=breeder_for(cfg, out))
             sim_box["result"] = run_simulations(
                 None, cfg.solver, url, cfg.simulate.concurrency, cfg.channel.connect_timeout,
                 stop_event=stop, send_stream_end=False,

@@ -170,6 +170,9 @@ def simulations(d: Path) -> dict:
     out["trainer"] = [{k: t[k] for k in ("attempt", "outcome", "reason", "resume_batch") if k in t}
                       for t in led.trainer]
     out["ended"] = led.ended
+    if led.generations:  # Breed (docs/breed.md)
+        from .breed_study import generations_summary  # noqa: PLC0415
+        out["breed"] = generations_summary(snap, led.generations)
     return out
 
 
