@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .breed import BreedConfig
+from .breed import BreedConfig, BreedError
 from .errors import OTError
 
 
@@ -399,6 +399,17 @@ class StatsConfig:
 
 
 @dataclass
+class BreedSection(BreedConfig):
+    """[breed]: the breeder's settings (onlinetrain/breed.py, docs/breed.md); errors name breed.KEY."""
+
+    def __post_init__(self):
+        try:
+            super().__post_init__()
+        except BreedError as e:
+            raise ConfigError(str(e), f"breed.{e.key}", e.value) from None
+
+
+@dataclass
 class Config:
     solver: SolverConfig = field(default_factory=SolverConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
@@ -411,11 +422,14 @@ class Config:
     output: OutputConfig = field(default_factory=OutputConfig)
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
     stats: StatsConfig = field(default_factory=StatsConfig)
-    breed: BreedConfig = field(default_factory=BreedConfig)  # [breed]: onlinetrain/breed.py
+    breed: BreedSection = field(default_factory=BreedSection)
 
     def __post_init__(self):
         if self.sampling.adaptive == "breed":  # against the study: refused before anything runs
-            self.breed.check_study(self.sampling.n_train, len(self.sampling.bounds))
+            try:
+                self.breed.check_study(self.sampling.n_train, len(self.sampling.bounds))
+            except BreedError as e:
+                raise ConfigError(str(e), f"breed.{e.key}", e.value) from None
 
     @property
     def channel_url(self) -> str:
