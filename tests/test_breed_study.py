@@ -175,6 +175,10 @@ def test_ot_run_with_breed_end_to_end(tmp_path, ring_name):
     st = subprocess.run(OT + ["status", str(out)], env=ENV, capture_output=True, text=True,
                         timeout=60)
     assert "Breed:" in st.stdout and "gen 1:" in st.stdout, st.stdout
+    rep = subprocess.run(OT + ["report", str(out)], env=ENV, capture_output=True, text=True,
+                         timeout=120)
+    assert rep.returncode == 0, rep.stderr
+    assert '<section id="breed">' in (out / "report" / "report.html").read_text()
 
 
 @pytest.mark.parametrize("sets, key", [
