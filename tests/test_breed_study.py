@@ -289,3 +289,22 @@ def test_scores_are_reduced_over_ranks_and_leave_the_gradient_unchanged(tmp_path
     # each rank's checkpoint holds its own board: together, every sample once
     main = torch.load(tmp_path / "dist" / "checkpoint.pt", weights_only=True)
     assert sum(main["sections"]["scores"]["count"]) == batch * steps
+
+
+@pytest.mark.timeout(200)
+def test_a_resumed_trainer_continues_its_scores(tmp_path, ring_name):
+    """`ot train --resume`: the checkpoint's scores section carries the board, so the published
+    counts cover the samples served before and after the restart, each once (FIFO)."""
+    from test_resume import _pipe
+    breed = ["--set", "sampling.adaptive=breed", "--buffer", "fifo"]
+    s1, _ = _pipe(tmp_path, ring_name, 6, breed)
+    sc1 = json.loads((tmp_path / SCORES).read_text())
+    assert sum(n for _, n in sc1["sims"].values()) == s1["buffer"]["served"] == 5 * 20
+    s2, err = _pipe(tmp_path, ring_name, 12, breed + ["--resume"])
+    assert "resumed from" in err
+    sc2 = json.loads((tmp_path / SCORES).read_text())
+    assert sc2["batches"] == s2["batches"] > s1["batches"]
+    assert sum(n for _, n in sc2["sims"].values()) == s2["buffer"]["served"] == 9 * 20
+    assert all(n == 20 for _, n in sc2["sims"].values()) and len(sc2["sims"]) == 9
+    for k, (m, _) in sc1["sims"].items():  # the pre-restart simulations keep their scores
+        assert sc2["sims"][k][0] == pytest.approx(m)
