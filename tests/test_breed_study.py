@@ -308,3 +308,24 @@ def test_a_resumed_trainer_continues_its_scores(tmp_path, ring_name):
     assert all(n == 20 for _, n in sc2["sims"].values()) and len(sc2["sims"]) == 9
     for k, (m, _) in sc1["sims"].items():  # the pre-restart simulations keep their scores
         assert sc2["sims"][k][0] == pytest.approx(m)
+
+
+@pytest.mark.timeout(180)
+def test_autoregressive_ks1d_study_breeds_from_window_losses(tmp_path, ring_name):
+    """model.mode = "autoregressive": each window's loss is scored for its simulation."""
+    out = tmp_path / "ks"
+    r = subprocess.run(OT + ["run", str(ROOT / "examples" / "ks1d.toml"), "--quiet", "--out",
+                             str(out), "--set", f"output.name={ring_name}",
+                             "--set", "sampling.adaptive=breed", "--set", "breed.window=5",
+                             "--set", "sampling.n_train=15", "--set", "train.max_batches=300",
+                             "--set", "train.val_every=100"],
+                       env=ENV, capture_output=True, text=True, timeout=170)
+    assert r.returncode == 0, r.stderr[-3000:]
+    sc = json.loads((out / SCORES).read_text())
+    assert sc["batches"] == 300 and sum(n for _, n in sc["sims"].values()) == 300 * 32
+    assert {int(k) for k in sc["sims"]} <= set(range(15))
+    assert all(np.isfinite(m) and m > 0 for m, _ in sc["sims"].values())
+    led = Ledger(out)
+    snap = led.snapshot()
+    assert led.generations and max(s["generation"] for s in snap.values()) >= 1
+    assert all(s["generation"] == 0 for i, s in snap.items() if i >= 15)  # held out
