@@ -73,6 +73,7 @@ def new_study(cfg, out: Path) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
     for old in ("checkpoints", "workers"):
         shutil.rmtree(out / old, ignore_errors=True)
+    (out / "scores.json").unlink(missing_ok=True)  # Breed: an older study's scores
     (out / "params.jsonl").write_text(sampler.to_jsonl(sets))
     (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
     Ledger.create(out, sets)
