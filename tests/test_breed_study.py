@@ -333,3 +333,29 @@ def test_autoregressive_ks1d_study_breeds_from_window_losses(tmp_path, ring_name
     snap = led.snapshot()
     assert led.generations and max(s["generation"] for s in snap.values()) >= 1
     assert all(s["generation"] == 0 for i, s in snap.items() if i >= 15)  # held out
+
+
+@pytest.mark.timeout(120)
+def test_ot_breed_runs_the_breeder_beside_another_launcher(tmp_path):
+    """A study whose sets are claimed by a program of its own: `ot breed DIR` breeds the pending
+    sets when due and exits once the study ends."""
+    from conftest import wait_until
+    cfg = _cfg(tmp_path)
+    led, w = _study(tmp_path, cfg), worker_id()
+    p = subprocess.Popen(OT + ["breed", str(tmp_path), "--interval", "0.1"], env=ENV,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _run(led, [s["id"] for s in led.claim(w, 5)], w)   # 10, 11 (held out), 0, 1, 2
+        _scores(tmp_path, 30, {0: 0.3, 1: 0.2, 2: 0.9})
+        assert wait_until(lambda: led.snapshot() and led.generations, 30)
+        snap = led.snapshot()
+        assert [i for i, s in snap.items() if s["generation"] == 1] == [3, 4, 5]
+        assert p.poll() is None  # still watching
+        led.end("the launcher is done")
+        out, err = p.communicate(timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+    assert p.returncode == 0, err
+    assert out.strip() == "1 generations bred"
