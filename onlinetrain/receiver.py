@@ -49,6 +49,8 @@ def fully_received(state: dict | None) -> set[int]:
 class Receiver(threading.Thread):
     """Moves frames from the channel to the buffer / validation set; accounts for everything."""
 
+    where = "thread"  # the summary's "receiver"
+
     def __init__(self, consumer, buffer, cfg, adapter, expected_sims: int | None = None,
                  finished=None):
         super().__init__(name="ot-receiver", daemon=True)

@@ -76,6 +76,8 @@ class _StatsProxy:
 class RemoteReceiver:
     """Receiver's interface (receiver.py) over a receiving process; see the module doc."""
 
+    where = "process"  # the summary's "receiver"
+
     def __init__(self, cfg, url: str, buffer, *, rank: int = 0, expected_sims: int | None = None,
                  study_dir=None):
         from .stats import stats_wanted  # noqa: PLC0415
