@@ -111,7 +111,7 @@ def test_memory_refused_with_the_figure_before_accumulating():
     st = Statistics(StatsConfig(**CFG, steps=100), report=msgs.append, free=lambda: 10_000)
     with pytest.raises(StatsMemoryError) as e:
         st.update(frames()[0])
-    per_cell = 7 + 1 + 2 * 2 + 2 * (2 + 2) + 4 * 2
+    per_cell = 7 + 1 + 1 + 2 * 2 + 2 * (2 + 2) + 4 * 2  # + 1: the uint8 exceedance counters
     assert e.value.need == 12 * 100 * per_cell * 8 and e.value.free == 10_000
     assert f"{12 * 100 * per_cell * 8}" in str(e.value) and "only" in str(e.value)
     assert "12 cells x 100 steps" in msgs[0]
