@@ -12,9 +12,16 @@ step once all its members' frames of that step arrived. A group whose member fai
     st.save("out/stats.npz"); st.summary()
     ck["stats"] = st.state_dict()     # numpy arrays; to_tensors() for torch.save(weights_only)
 
-Memory: cells x steps x (6 + thresholds + 2 quantile levels [+ 2(p+2) + 4p with sobol]) x 8 bytes,
-plus the frames of groups in flight. It is reported at a field's first frame, and refused
-(StatsMemoryError, before anything is accumulated) when it exceeds the free memory (psutil).
+A frame that is a piece of a field (frame format v2: `global_shape` and `offset`, one piece per MPI
+rank) is copied into its place in the whole field (onlinetrain.assembly.Piece); the field enters the
+statistics once its last piece arrived, so they always see whole fields. Fields being assembled are
+not part of the checkpoint (the simulation is re-run, as for the receiver's Assembler); a
+SIM_FAILED drops its simulation's unfinished fields (the restart sends every piece again).
+
+Memory: cells x steps x (7 + thresholds + ceil(thresholds / 8) + 2 quantile levels [+ 2(p+2) + 4p
+with sobol]) x 8 bytes, plus the frames of groups in flight and the fields being assembled from
+pieces. It is reported at a field's first frame, and refused (StatsMemoryError, before anything is
+accumulated) when it exceeds the free memory (psutil).
 """
 from __future__ import annotations
 
@@ -23,6 +30,7 @@ import logging
 import numpy as np
 
 from . import frame as fr
+from .assembly import Piece
 from .stats_io import field_results, save_npz
 from .stats_moments import StepMoments
 from .stats_quantiles import StepQuantiles
@@ -56,7 +64,8 @@ class Statistics:
         self.sims_done: set[int] = set()
         self.sims_failed: dict[int, str] = {}
         self.counts = {"frames": 0, "accepted": 0, "duplicates": 0, "other_fields": 0,
-                       "rejected": 0, "stream_ends": 0}
+                       "rejected": 0, "stream_ends": 0, "pieces": 0}
+        self.pieces: dict[tuple[str, int, int], Piece] = {}  # (field, sim, step) being assembled
         self.reasons: dict[str, int] = {}
         self.memory_bytes = 0
 
@@ -116,6 +125,8 @@ class Statistics:
         if f.kind == fr.SIM_FAILED:
             if f.sim_id not in self.sims_done:
                 self.sims_failed[f.sim_id] = f.name
+            for k in [k for k in self.pieces if k[1] == f.sim_id]:
+                del self.pieces[k]  # a restarted simulation sends every piece again
             return None
         name = f.name
         if self.cfg.fields and name not in self.cfg.fields:
@@ -123,18 +134,17 @@ class Statistics:
             return None
         key = (int(f.sim_id), int(f.time_step))
         arr = np.asarray(f.array)
-        gshape = getattr(f, "global_shape", None)
-        if gshape is not None and tuple(gshape) != arr.shape:
-            return self._reject("piece", "field %r: frame (sim %d, step %d) is a piece %s of a %s "
-                                "field; the statistics take whole fields only (send the field in "
-                                "one frame); frame left out", name, key[0], key[1], arr.shape,
-                                tuple(gshape))
         fld = self.fields.get(name)
-        if fld is None:
-            fld = self._new_field(f)
-        if key in fld.seen:
+        if fld is not None and key in fld.seen:
             self.counts["duplicates"] += 1
             return None
+        gshape = getattr(f, "global_shape", None)
+        if gshape is not None and tuple(gshape) != arr.shape:  # a piece (one MPI rank's part)
+            arr = self._join(f, key)
+            if arr is None:
+                return None
+        if fld is None:
+            fld = self._new_field(f, arr)
         if arr.shape != fld.shape:
             return self._reject("shape", "field %r: frame (sim %d, step %d) has shape %s, the "
                                 "field's first frame had %s; frame left out", name, key[0], key[1],
@@ -153,8 +163,28 @@ class Statistics:
         self.counts["accepted"] += 1
         return step, x
 
-    def _new_field(self, f) -> Field:
-        arr = np.asarray(f.array)
+    def _join(self, f, key):
+        """The whole field once the last of its pieces arrived (onlinetrain.assembly.Piece), else
+        None: the pieces are copied into a field of the global shape until it is complete."""
+        pk = (f.name, *key)
+        p = self.pieces.get(pk)
+        try:
+            if p is None:
+                p = Piece.of(f)
+            done = p.place(f)
+        except fr.FrameError as e:
+            return self._reject("piece", "field %r: %s; piece left out", f.name, e)
+        if done is None:
+            self.counts["duplicates"] += 1
+            return None
+        self.counts["pieces"] += 1
+        if not done:
+            self.pieces[pk] = p
+            return None
+        self.pieces.pop(pk, None)
+        return p.array
+
+    def _new_field(self, f, arr) -> Field:
         p = self.p
         if self.cfg.sobol and p == 0:
             p = self.p = len(f.params)

@@ -126,7 +126,8 @@ def load_state_dict(st, d: dict) -> None:
             g, t = key.split(":")
             fld.pending[(int(g), int(t))] = {int(r): _np(a, np.float64) for r, a in m.items()}
         st.fields[name] = fld
-    st.counts = {k: int(v) for k, v in d["counts"].items()}
+    st.counts.update({k: int(v) for k, v in d["counts"].items()})
+    st.pieces = {}  # fields being assembled are not in the state (the simulation is re-run)
     st.reasons = {k: int(v) for k, v in d["reasons"].items()}
     st.memory_bytes = int(d["memory_bytes"])
     st.group_params = {int(g): {int(r): _np(a, np.float64) for r, a in m.items()}
