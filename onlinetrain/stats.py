@@ -19,8 +19,8 @@ not part of the checkpoint (the simulation is re-run, as for the receiver's Asse
 SIM_FAILED drops its simulation's unfinished fields (the restart sends every piece again).
 
 Memory: cells x steps x (7 + thresholds + ceil(thresholds / 8) + 2 quantile levels [+ 2(p+2) + 4p
-with sobol]) x 8 bytes, plus the frames of groups in flight and the fields being assembled from
-pieces. It is reported at a field's first frame, and refused (StatsMemoryError, before anything is
+with sobol]) x 8 bytes, plus the frames of groups in flight, the fields being assembled from
+pieces and, without quantiles, up to stats_stage.STAGE_BYTES of frames staged for block updates. It is reported at a field's first frame, and refused (StatsMemoryError, before anything is
 accumulated) when it exceeds the free memory (psutil).
 """
 from __future__ import annotations
@@ -35,6 +35,7 @@ from .stats_io import field_results, save_npz
 from .stats_moments import StepMoments
 from .stats_quantiles import StepQuantiles
 from .stats_sobol import StepSobol
+from .stats_stage import STAGE_FRAMES, Stage
 from .stats_state import (Field, Step, StatsError, StatsMemoryError, _fmt, free_memory,
                           load_state_dict, state_dict, to_tensors)
 
@@ -68,6 +69,8 @@ class Statistics:
         self.pieces: dict[tuple[str, int, int], Piece] = {}  # (field, sim, step) being assembled
         self.reasons: dict[str, int] = {}
         self.memory_bytes = 0
+        self.stage = Stage()  # frames staged for block updates of the moments (not with quantiles)
+        self.stage_counted = 0  # bytes of the stage's budget counted in memory_bytes
 
     # -- layout ----------------------------------------------------------------------------------
     @property
@@ -91,26 +94,25 @@ class Statistics:
         if got is None:
             return False
         step, x = got
-        step.mom.update(x)
-        if step.q is not None:
-            step.q.update(x, step.mom)
+        step.add((x,))
         return True
 
     def update_many(self, frames) -> int:
         """Account for a batch of frames (e.g. one get_many): the frames of one (field, time step)
-        update the moments together (StepMoments.update_block: the state is read and written once
-        for all of them), then the quantiles frame by frame. Returns the frames accepted."""
+        go to its Step together (with the staged ones, the moments' state is read and written once
+        for all of them). Returns the frames accepted."""
         blocks: dict[int, tuple] = {}
         for f in frames:
             got = self._accept(f)
             if got is not None:
                 blocks.setdefault(id(got[0]), (got[0], []))[1].append(got[1])
         for step, xs in blocks.values():
-            step.mom.update_block(xs)
-            if step.q is not None:
-                for x in xs:
-                    step.q.update(x, step.mom)
+            step.add(xs)
         return sum(len(xs) for _, xs in blocks.values())
+
+    def flush(self) -> None:
+        """Apply the staged frames (stats_stage); every result and the state do it first."""
+        self.stage.flush()
 
     def _accept(self, f):
         """Checks and accounting of one frame; (step, values) when they enter the statistics."""
@@ -153,7 +155,7 @@ class Statistics:
         x = arr.reshape(-1)
         step = fld.steps.get(key[1])
         if step is None:
-            step = fld.steps[key[1]] = Step(fld.cells, self.cfg, fld.p)
+            step = fld.steps[key[1]] = Step(fld.cells, self.cfg, fld.p, self.stage)
             if self.steps_hint and len(fld.steps) == self.steps_hint + 1:
                 log.warning("field %r: more time steps than the %d the memory figure assumed",
                             name, self.steps_hint)
@@ -194,12 +196,17 @@ class Statistics:
         fld = Field(f.name, arr.shape, p)
         steps = self.steps_hint or 1
         need = fld.cells * steps * self.floats_per_cell(p) * 8
+        staged = 0 if self.cfg.quantiles else min(  # stats_stage: frames held for block updates
+            self.stage.nbytes - self.stage_counted, STAGE_FRAMES * steps * arr.nbytes)
         free = self.free()
         per = "" if self.steps_hint else " per time step (steps unknown: set stats.steps)"
         self.report(f"statistics of field {f.name!r}: {fld.cells} cells x {steps} steps x "
                     f"{self.floats_per_cell(p)} values x 8 bytes = {_fmt(need)}{per}"
+                    + (f", plus up to {_fmt(staged)} of frames staged for block updates"
+                       if staged else "")
                     + (f", plus the frames of pick-freeze groups in flight ({self.rows} per group)"
                        if self.cfg.sobol else ""))
+        need += staged
         if self.memory_bytes + need > free:
             raise StatsMemoryError(
                 f"statistics of field {f.name!r} need {_fmt(self.memory_bytes + need)} "
@@ -207,6 +214,7 @@ class Statistics:
                 f"(stats.fields), thresholds or quantile levels, or run on a bigger node",
                 self.memory_bytes + need, free)
         self.memory_bytes += need
+        self.stage_counted += staged
         self.fields[f.name] = fld
         return fld
 
@@ -278,12 +286,14 @@ class Statistics:
 
     def results(self) -> dict:
         """The arrays of stats.npz (docs/stats.md), keyed FIELD/NAME."""
+        self.flush()
         out = {}
         for name, fld in self.fields.items():
             out.update(field_results(name, fld, self.cfg))
         return out
 
     def save(self, path) -> None:
+        self.flush()
         save_npz(path, self)
 
     def state_dict(self) -> dict:

@@ -32,7 +32,7 @@ import numpy as np
 CHUNK = 16384  # cells per block: the temporaries of a block (6 x 128 KiB) stay in L2/L3
 FIRST_FOLD = 8  # the shift k (the first sample) moves to the mean once n reaches FIRST_FOLD,
 FOLD = 64  # then every FOLD samples (a fold costs about one frame's update)
-MAX_BLOCK = 64  # samples added per pass over the cells by update_block
+MAX_BLOCK = 32  # samples added per pass over the cells by update_block
 PENDING_MAX = 255  # frames counted in the uint8 exceedance counters before they go to int64
 ARRAYS = ("k", "s1", "s2", "s3", "s4", "min", "max")
 _local = threading.local()
@@ -98,10 +98,16 @@ class StepMoments:
     def update_block(self, xs) -> None:
         """Add several samples per cell (1-D arrays): each block of cells is updated with every
         sample while its state is in cache, so the state is read and written once per block of
-        up to MAX_BLOCK samples instead of once per sample."""
+        up to MAX_BLOCK samples instead of once per sample. Blocks end at the folds, so the
+        result is bit-identical to update() frame by frame, in the same order."""
         xs = list(xs)
-        for j in range(0, len(xs), MAX_BLOCK):
-            self._add(xs[j:j + MAX_BLOCK])
+        i = 0
+        while i < len(xs):
+            n = self.n
+            to_fold = (FIRST_FOLD if n < FIRST_FOLD else (n // FOLD + 1) * FOLD) - n
+            m = min(len(xs) - i, MAX_BLOCK, to_fold)
+            self._add(xs[i:i + m])
+            i += m
 
     def _add(self, blk) -> None:
         if not len(blk):
