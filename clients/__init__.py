@@ -1,3 +1,3 @@
-"""The C client (c/) and its Fortran module (fortran/), shipped as sources: installed as the
-package data of `onlinetrain_clients`, compiled on first use by `python -m onlinetrain.clientflags`
-(see docs/clients.md). No Python code here."""
+"""The C client (c/), its Fortran module (fortran/) and Melissa's client API on top of it
+(melissa/), shipped as sources: installed as the package data of `onlinetrain_clients`, compiled on
+first use by `python -m onlinetrain.clientflags` (see docs/clients.md). No Python code here."""

@@ -3,6 +3,11 @@
     cc  mysim.c   $(python -m onlinetrain.clientflags --cflags --libs) -o mysim
     mpicc heat.c  $(python -m onlinetrain.clientflags --cflags --libs) -o heat
     mpif90 heat.f90 $(python -m onlinetrain.clientflags --fortran --cflags --libs) -o heatf
+    mpicc melissa_sim.c $(python -m onlinetrain.clientflags --melissa --cflags --libs) -o sim
+
+`--melissa` adds Melissa's client API (melissa_api.h, melissa_api.f90, libmelissa_api: clients/
+melissa), built with the MPI compiler wrapper ($MPICC or mpicc; or --mpicc) since MPI_Comm is the
+MPI library's type; a solver instrumented for Melissa builds against it unchanged.
 
 The sources ship with onlinetrain (clients/c: ot_client.h and its .c files; clients/fortran:
 onlinetrain.f90). The first call compiles them with the user's compilers ($CC or cc, $FC or
@@ -29,6 +34,7 @@ from .errors import OTError
 C_SOURCES = ("ot_ring.c", "ot_env.c", "ot_client.c")
 C_HEADERS = ("ot_client.h", "ot_ring.h", "ot_sim.h")
 F_SOURCE = "onlinetrain.f90"
+M_SOURCES = ("melissa_api.c", "melissa_api.h", "melissa_api.f90")
 
 
 class ClientBuildError(OTError, RuntimeError):
@@ -81,8 +87,10 @@ def _run(argv: list[str], cwd: Path) -> None:
                                f"{r.stderr.strip()[-2000:]}", argv)
 
 
-def build(fortran: bool = False, cc: str | None = None, fc: str | None = None) -> Path:
-    """Build (once) and return the directory holding include/ and lib/ (and fortran/ modules)."""
+def build(fortran: bool = False, cc: str | None = None, fc: str | None = None,
+          melissa: bool = False, mpicc: str | None = None) -> Path:
+    """Build (once) and return the directory holding include/ and lib/ (and fortran/ modules;
+    with `melissa`, melissa_api.h / .f90 in include/ and lib/libmelissa_api.a)."""
     src = sources()
     cc_argv = _compiler(cc or os.environ.get("CC") or "cc", "C compiler",
                         "install one (Debian: apt-get install gcc) or pass --cc / set CC")
@@ -95,14 +103,26 @@ def build(fortran: bool = False, cc: str | None = None, fc: str | None = None) -
                             "install one (Debian: apt-get install gfortran) or pass --fc / set FC")
         h.update(_identity(fc_argv))
         h.update((src / "fortran" / F_SOURCE).read_bytes())
+    mpicc_argv = None
+    if melissa:
+        mpicc_argv = _compiler(mpicc or os.environ.get("MPICC") or "mpicc", "MPI C compiler",
+                               "install an MPI (Debian: apt-get install libmpich-dev mpich) or "
+                               "pass --mpicc / set MPICC to your MPI's compiler wrapper")
+        h.update(_identity(mpicc_argv))
+        for name in M_SOURCES:
+            h.update((src / "melissa" / name).read_bytes())
     out = cache_root() / f"client-v2-{h.hexdigest()[:16]}"
     lib = out / "lib" / "libotclient.a"
     flib = out / "lib" / "libotclient_f.a"
-    if lib.exists() and (not fortran or flib.exists()):
+    mlib = out / "lib" / "libmelissa_api.a"
+
+    def whole() -> bool:
+        return lib.exists() and (not fortran or flib.exists()) and (not melissa or mlib.exists())
+    if whole():
         return out
     out.mkdir(parents=True, exist_ok=True)
     with FileLock(str(out) + ".lock"):
-        if lib.exists() and (not fortran or flib.exists()):
+        if whole():
             return out
         tmp = out / "build"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -127,18 +147,28 @@ def build(fortran: bool = False, cc: str | None = None, fc: str | None = None) -
                             str(out / "fortran")], tmp)
             _run(["ar", "rcs", "libotclient_f.a.tmp", "onlinetrain_f.o"], tmp)
             os.replace(tmp / "libotclient_f.a.tmp", flib)
+        if melissa:
+            for name in M_SOURCES:
+                shutil.copy(src / "melissa" / name, tmp / name)
+            _run(mpicc_argv + ["-std=c11", "-O2", "-fPIC", "-c", "melissa_api.c", "-o",
+                               "melissa_api.o"], tmp)
+            _run(["ar", "rcs", "libmelissa_api.a.tmp", "melissa_api.o"], tmp)
+            for name in ("melissa_api.h", "melissa_api.f90"):
+                shutil.copy(tmp / name, out / "include" / name)
+            os.replace(tmp / "libmelissa_api.a.tmp", mlib)
         _run(["ar", "rcs", "libotclient.a.tmp"] + objs, tmp)
         os.replace(tmp / "libotclient.a.tmp", lib)  # last: its presence means the build is whole
         shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
-def flags(fortran: bool = False, cc: str | None = None, fc: str | None = None
-          ) -> tuple[list[str], list[str]]:
+def flags(fortran: bool = False, cc: str | None = None, fc: str | None = None,
+          melissa: bool = False, mpicc: str | None = None) -> tuple[list[str], list[str]]:
     """(compile flags, link flags) for a program using the client; builds on first use."""
-    d = build(fortran, cc, fc)
+    d = build(fortran, cc, fc, melissa, mpicc)
     cflags = [f"-I{d / 'include'}"] + ([f"-I{d / 'fortran'}"] if fortran else [])
-    libs = [f"-L{d / 'lib'}"] + (["-lotclient_f"] if fortran else []) + ["-lotclient", "-lpthread"]
+    libs = [f"-L{d / 'lib'}"] + (["-lotclient_f"] if fortran else []) + \
+        (["-lmelissa_api"] if melissa else []) + ["-lotclient", "-lpthread"]
     return cflags, libs
 
 
@@ -151,13 +181,16 @@ def main(argv=None) -> int:
     ap.add_argument("--fortran", action="store_true", help="also the Fortran module (use onlinetrain)")
     ap.add_argument("--cc", help="C compiler for the library (default $CC or cc)")
     ap.add_argument("--fc", help="Fortran compiler for the module (default $FC or gfortran)")
+    ap.add_argument("--melissa", action="store_true",
+                    help="also Melissa's client API (melissa_api.h, melissa_api.f90)")
+    ap.add_argument("--mpicc", help="MPI C compiler for --melissa (default $MPICC or mpicc)")
     ap.add_argument("--dir", action="store_true", help="print the build directory only")
     a = ap.parse_args(argv)
     try:
         if a.dir:
-            print(build(a.fortran, a.cc, a.fc))
+            print(build(a.fortran, a.cc, a.fc, a.melissa, a.mpicc))
             return 0
-        cflags, libs = flags(a.fortran, a.cc, a.fc)
+        cflags, libs = flags(a.fortran, a.cc, a.fc, a.melissa, a.mpicc)
     except OTError as e:
         print(f"onlinetrain.clientflags: {e}", file=sys.stderr)
         return 1

@@ -216,9 +216,21 @@ class ModelConfig:
     layers: int = 2
     mode: str = "field"  # field: (params, t) -> field | autoregressive: (u_t, params) -> u_t+1
     target: str = "next"  # autoregressive: next (u_t+1) | increment (u_t+1 - u_t)
+    adapter_message: str = "onlinetrain"  # melissa: adapter is process_simulation_data(msg, config)
+    fields: list = field(default_factory=list)  # melissa: fields each message has ([]: one field)
 
     def __post_init__(self):
         _check_types(self, "model")
+        _check(self.adapter_message in ("onlinetrain", "melissa"), "model.adapter_message",
+               self.adapter_message, 'use "onlinetrain" (a Step or a frame) or "melissa" '
+               "(Melissa's process_simulation_data(msg, config); docs/from-melissa.md)")
+        _check(all(isinstance(f, str) and f for f in self.fields), "model.fields", self.fields,
+               'a list of field names, e.g. ["temperature", "pressure"]')
+        _check(not self.fields or self.adapter_message == "melissa", "model.fields", self.fields,
+               'used with model.adapter_message = "melissa" (a step adapter declares its fields: '
+               "onlinetrain.step.step_adapter(fields=...))")
+        _check(self.adapter_message != "melissa" or self.mode == "field", "model.adapter_message",
+               self.adapter_message, 'the Melissa message works with model.mode = "field"')
         _check(self.mode in ("field", "autoregressive"), "model.mode", self.mode,
                "use field or autoregressive")
         _check(self.target in ("next", "increment"), "model.target", self.target,

@@ -53,7 +53,7 @@ class Receiver(threading.Thread):
                  finished=None):
         super().__init__(name="ot-receiver", daemon=True)
         self.consumer, self.buffer, self.cfg = consumer, buffer, cfg
-        self.adapter, self.adapt_many, fields = resolve_adapter(adapter)
+        self.adapter, self.adapt_many, fields = resolve_adapter(adapter, cfg)
         self.asm = Assembler(fields)
         self.expected_sims = expected_sims
         self.finished = finished  # study mode: fn(receiver) -> True once the ledger says all ended

@@ -10,7 +10,9 @@ contract is documented in docs/step.md.
 
     def old_xy(frame, cfg): ...                 # an adapter of a frame (format-1 signature) keeps
                                                 #   working: it gets step.as_frame()
-    one, many, fields = resolve_adapter(fn)     # how the receiver calls either kind
+    one, many, fields = resolve_adapter(fn, cfg)  # how the receiver calls either kind
+                                                #   (cfg.model.adapter_message = "melissa": fn
+                                                #   gets Melissa's message, melissa_message.py)
 
 An adapter may add a vectorised form, `many(steps, cfg) -> (X, Y)` with one row per step, given
 through `step_adapter(batch=...)`: the receiver calls it once per batch of steps it took from the
@@ -25,6 +27,7 @@ import numpy as np
 
 from . import frame as fr
 from .errors import OTError
+from .melissa_message import melissa_adapter
 
 
 class StepError(OTError, ValueError):
@@ -76,9 +79,14 @@ def step_adapter(fn: Callable | None = None, *, fields=None, batch: Callable | N
     return mark if fn is None else mark(fn)
 
 
-def resolve_adapter(fn: Callable):
+def resolve_adapter(fn: Callable, cfg=None):
     """(one, many, fields): `one(step, cfg)` for any adapter (a frame adapter is wrapped), `many`
-    the vectorised form or None, `fields` the required field names or None (one field)."""
+    the vectorised form or None, `fields` the required field names or None (one field). With
+    `cfg.model.adapter_message == "melissa"`, `fn` is a Melissa process_simulation_data."""
+    model = getattr(cfg, "model", None)
+    if getattr(model, "adapter_message", "onlinetrain") == "melissa":
+        one, fields = melissa_adapter(fn, cfg)
+        return one, None, fields
     if getattr(fn, "takes_step", False):
         return fn, getattr(fn, "batch", None), getattr(fn, "fields", None)
 
