@@ -11,6 +11,8 @@ step once all its members' frames of that step arrived. A group whose member fai
     for f in frames: st.update(f)     # also SIM_END / SIM_FAILED / STREAM_END frames
     st.save("out/stats.npz"); st.summary()
     ck["stats"] = st.state_dict()     # numpy arrays; to_tensors() for torch.save(weights_only)
+    st.flush()                        # apply the staged frames (stats_stage); results, save and
+                                      # state_dict do it themselves, as does reading a Step's mom
 
 A frame that is a piece of a field (frame format v2: `global_shape` and `offset`, one piece per MPI
 rank) is copied into its place in the whole field (onlinetrain.assembly.Piece); the field enters the
@@ -20,7 +22,8 @@ SIM_FAILED drops its simulation's unfinished fields (the restart sends every pie
 
 Memory: cells x steps x (7 + thresholds + ceil(thresholds / 8) + 2 quantile levels [+ 2(p+2) + 4p
 with sobol]) x 8 bytes, plus the frames of groups in flight, the fields being assembled from
-pieces and, without quantiles, up to stats_stage.STAGE_BYTES of frames staged for block updates. It is reported at a field's first frame, and refused (StatsMemoryError, before anything is
+pieces and, without quantiles, up to stats_stage.STAGE_BYTES of frames staged for block updates.
+It is reported at a field's first frame, and refused (StatsMemoryError, before anything is
 accumulated) when it exceeds the free memory (psutil).
 """
 from __future__ import annotations

@@ -1,8 +1,8 @@
-"""An MPI simulation that sends its field in pieces, one per rank (frame format v2): rank r sends rows
-[r n / size, (r + 1) n / size) of heat2d's n x n field at every step through the Python client, and
-rank 0 announces the totals (steps, `size` pieces per step) after a barrier; the others close.
+"""An MPI simulation that sends its field in pieces, one per rank (frame format v2): rank r sends
+rows [r n / size, (r + 1) n / size) of heat2d's n x n field at every step through the Python
+client, and rank 0 announces the totals (steps, `size` pieces per step) after a barrier.
 
-    mpiexec -n 2 python tests/pieces_sim.py N STEPS    (OT_CHANNEL, OT_SIM_ID, OT_PARAMS from ot simulate)
+    mpiexec -n 2 python tests/pieces_sim.py N STEPS     # OT_* variables from ot simulate
 """
 import sys
 

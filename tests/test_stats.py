@@ -155,7 +155,8 @@ def test_pieces_of_a_field_enter_the_statistics_once_assembled():
     assert not st.pieces
     mom = st.fields["T"].steps[1].mom
     assert mom.n == 2 and np.array_equal(mom.mean.reshape(4, 4), whole + 0.5)
-    assert np.array_equal(mom.exceedance().reshape(4, 4), ((whole > 7.5) * 1 + (whole + 1 > 7.5)) / 2)
+    want = ((whole > 7.5) * 1 + (whole + 1 > 7.5)) / 2
+    assert np.array_equal(mom.exceedance().reshape(4, 4), want)
     assert st.counts["accepted"] == 2 and st.counts["pieces"] == 5 and st.counts["rejected"] == 1
 
 

@@ -56,7 +56,8 @@ def test_ot_stats_assembles_the_pieces_of_two_mpi_ranks(tmp_path, ring_name):
     assert s["pieces"] == 2 * sims * steps and s["accepted"] == sims * steps, s
     assert s["fields"] == {"T": [n, n]} and s["sims_done"] == sims
     params = [json.loads(line)["params"] for line in sample.splitlines()]
-    u = np.array([[f for _, f in heat2d.solve(p, n=n, steps=steps)] for p in params])  # (sims, steps, n, n)
+    # (sims, steps, n, n): the whole fields the pieces came from
+    u = np.array([[f for _, f in heat2d.solve(p, n=n, steps=steps)] for p in params])
     with np.load(out / "stats.npz") as z:
         assert z["T/steps"].tolist() == list(range(1, steps + 1))
         assert z["T/n"].tolist() == [sims] * steps
