@@ -5,10 +5,10 @@ at a time. Each frame adds y = x - k, y^2, y^3, y^4 to four running sums, k bein
 the last fold (at first, the first frame); at n = FIRST_FOLD and then every FOLD frames the sums
 are folded into central sums around the new mean (Pébay's binomial shift), so k never strays far
 from the mean (a few standard deviations at most) and the sums stay well conditioned. This is a
-block-wise Pébay update: 6 array operations per frame for the four moments instead of Welford's 20. `merge` combines two
-partial states with Pébay's pairwise formulas, so the result does not depend on how the frames
-were split or ordered beyond rounding (tests/test_stats_moments.py checks it against numpy to
-1e-10, any arrival order).
+block-wise Pébay update: 6 array operations per frame for the four moments instead of Welford's 20.
+`merge` combines two partial states with Pébay's pairwise formulas, so the result does not depend
+on how the frames were split or ordered beyond rounding (tests/test_stats_moments.py checks it
+against numpy to 1e-10, any arrival order).
 
     m = StepMoments(cells=4096, thresholds=[300.0])
     for x in frames: m.update(x)            # x: 1-D array of `cells` values, any float dtype
