@@ -110,6 +110,10 @@ class Autoregressive:
 
     def sse(self, net, x, y):
         """Sum over the batch of each window's mean squared error (the loop's normalization)."""
+        return self.losses(net, x, y).sum()
+
+    def losses(self, net, x, y):
+        """Each window's mean squared error, (B,) (Breed scores them per simulation)."""
         w = self.buf.window
         p_size = x.shape[1] - (w - 1) * y.shape[1]
         states = torch_cat_window(x[:, p_size:], y, w)
@@ -118,7 +122,7 @@ class Autoregressive:
         for j in range(1, w):
             u = advance(net, x[:, :p_size], u, self.target, self.adapter.next_input)
             err = err + ((u.float() - states[:, j]) ** 2).mean(dim=1)
-        return (err / (w - 1)).sum()
+        return err / (w - 1)
 
     def validate(self, model, rx) -> dict:
         from .rollout import evaluate, trajectories  # noqa: PLC0415

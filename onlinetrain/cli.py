@@ -204,7 +204,7 @@ from .cli_melissa import import_melissa  # noqa: E402
 from .cli_net import relay as _relay_cmd  # noqa: E402
 from .cli_slurm import slurm as _slurm  # noqa: E402
 from .cli_stats import stats as _stats  # noqa: E402
-from .cli_study import status  # noqa: E402
+from .cli_study import breed as _breed, status  # noqa: E402
 from .cli_user import config_group, report  # noqa: E402
 
 main.add_command(config_group)
@@ -213,6 +213,7 @@ main.add_command(_slurm)
 main.add_command(_relay_cmd)
 main.add_command(status)
 main.add_command(_stats)
+main.add_command(_breed)
 main.add_command(import_melissa)
 
 if __name__ == "__main__":  # pragma: no cover

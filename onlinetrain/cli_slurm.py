@@ -92,6 +92,10 @@ def status(study_dir, as_json):
                f"{len(sims['stopped'])} stopped, {sims['restarts']} restarts")
     if sims["ended"]:
         click.echo(f"study ended: {sims['ended']}")
+    if sims.get("breed"):
+        b = sims["breed"]
+        click.echo(f"Breed: {b['resamplings']} resamplings; sets per generation: "
+                   f"{b['sets_per_generation']}; {b['bred']} bred from {b['parents']} parents")
     for sid, why in sims["failed"].items():
         click.echo(f"  simulation {sid}: {why}")
     t = s["training"]

@@ -43,7 +43,9 @@ def study_worker(study_dir, concurrency: int | None = None,
     from .launch import ProcessLauncher, cpu_share, token_env  # noqa: PLC0415
     cfg = study_config(study_dir)
     k = concurrency or cfg.simulate.concurrency
-    source = LedgerSource(Ledger(study_dir), cfg.simulate, redraw=redraw_for(cfg))
+    from .breed_study import breeder_for  # noqa: PLC0415
+    source = LedgerSource(Ledger(study_dir), cfg.simulate, redraw=redraw_for(cfg),
+                          breeder=breeder_for(cfg, study_dir))  # Breed: every worker polls
     return run_simulations(None, cfg.solver, cfg.channel_url, k, cfg.channel.connect_timeout,
                            stop_event=stop_event, send_stream_end=False,
                            simulation_timeout=cfg.simulate.simulation_timeout, source=source,
@@ -76,6 +78,8 @@ def status_text(study_dir) -> str:
         hb = read_heartbeat(d / "workers" / (w.replace(":", "-") + ".json"))
         age = f"heartbeat {now - hb['t']:.0f} s ago" if hb else "no heartbeat"
         lines.append(f"  worker {w} ({age}): running {ids}")
+    if led.generations or any(s.get("generation") for s in snap.values()):
+        lines.append("  " + generations_line(snap, led.generations))
     for i in by[FAILED]:
         lines.append(f"  failed {i} after {snap[i]['attempts']} attempts: {snap[i]['reason']}")
     metrics = d / "metrics.jsonl"
@@ -100,6 +104,18 @@ def status_text(study_dir) -> str:
     return "\n".join(lines)
 
 
+def generations_line(snap: dict, generations: list) -> str:
+    """Breed: sets per generation, how many were bred from how many parents, the R used."""
+    from .breed_study import generations_summary  # noqa: PLC0415
+    g = generations_summary(snap, generations)
+    per = ", ".join(f"gen {k}: {v}" for k, v in g["sets_per_generation"].items())
+    top = ", ".join(f"{p} ({n})" for p, n in g["top_parents"])
+    r = f"; R {g['r'][0]} .. {g['r'][-1]}" if g["r"] else ""
+    return (f"Breed: {g['resamplings']} resamplings; sets per generation: {per}; "
+            f"{g['bred']} bred from {g['parents']} parents{r}" +
+            (f"; most used parents: {top}" if top else ""))
+
+
 @click.command()
 @click.argument("study_dir", type=click.Path(file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="The ledger as JSON (id -> state).")
@@ -122,3 +138,31 @@ def status(study_dir, as_json, watch, interval):
                 click.echo(status_text(study_dir))
         except LedgerError as e:
             raise click.ClickException(str(e)) from e
+
+
+@click.command()
+@click.argument("study_dir", type=click.Path(file_okay=False))
+@click.option("--interval", type=float, default=1.0, show_default=True,
+              help="Seconds between two looks at the scores and the ledger.")
+@click.option("--once", is_flag=True, help="One look (breed what is due now), then exit.")
+def breed(study_dir, interval, once):
+    """Run the Breed breeder of a study driven by another program (docs/breed.md).
+
+    `ot run`, `ot slurm` and `ot simulate --study` workers already run it; use this beside a
+    launcher of your own that claims sets from the study's ledger."""
+    from .breed_study import breeder_for, watch  # noqa: PLC0415
+    from .cli_common import Guard as _Guard  # noqa: PLC0415
+    with _Guard():
+        d = Path(study_dir)
+        cfg = study_config(d) if (d / "config.json").exists() or not (d / "study.toml").exists() \
+            else C.load(d / "study.toml")
+        if cfg.sampling.adaptive != "breed":
+            raise click.ClickException(f"{d}: sampling.adaptive = {cfg.sampling.adaptive!r}; "
+                                       f"Breed needs [sampling] adaptive = \"breed\" in the "
+                                       f"study's config")
+        if once:
+            kids = breeder_for(cfg, d).poll()
+            click.echo(f"{len(kids)} sets re-parameterised")
+        else:
+            click.echo(f"{watch(cfg, d, interval)} generations bred")
+

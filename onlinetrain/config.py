@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .breed import BreedConfig, BreedError
 from .errors import OTError
 
 
@@ -103,6 +104,9 @@ class SolverConfig:
                    self.argv, "give a non-empty list of strings")
 
 
+ADAPTIVE = ("none", "breed")
+
+
 @dataclass
 class SamplingConfig:
     n_train: int = 64
@@ -110,9 +114,12 @@ class SamplingConfig:
     method: str = "halton"
     seed: int = 0
     bounds: list = field(default_factory=lambda: [[100.0, 500.0]] * 5)
+    adaptive: str = "none"  # "breed": Breed active learning, settings in [breed] (docs/breed.md)
 
     def __post_init__(self):
         _check_types(self, "sampling")
+        _check(self.adaptive in ADAPTIVE, "sampling.adaptive", self.adaptive,
+               f"one of {ADAPTIVE}")
         from .sampler import METHODS, SamplerError, check_bounds  # noqa: PLC0415
         _check(isinstance(self.n_train, int) and self.n_train >= 1, "sampling.n_train",
                self.n_train, "an integer >= 1")
@@ -404,6 +411,17 @@ class StatsConfig:
 
 
 @dataclass
+class BreedSection(BreedConfig):
+    """[breed]: the breeder's settings (onlinetrain/breed.py, docs/breed.md); errors name breed.KEY."""
+
+    def __post_init__(self):
+        try:
+            super().__post_init__()
+        except BreedError as e:
+            raise ConfigError(str(e), f"breed.{e.key}", e.value) from None
+
+
+@dataclass
 class Config:
     solver: SolverConfig = field(default_factory=SolverConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
@@ -416,6 +434,14 @@ class Config:
     output: OutputConfig = field(default_factory=OutputConfig)
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
     stats: StatsConfig = field(default_factory=StatsConfig)
+    breed: BreedSection = field(default_factory=BreedSection)
+
+    def __post_init__(self):
+        if self.sampling.adaptive == "breed":  # against the study: refused before anything runs
+            try:
+                self.breed.check_study(self.sampling.n_train, len(self.sampling.bounds))
+            except BreedError as e:
+                raise ConfigError(str(e), f"breed.{e.key}", e.value) from None
 
     @property
     def channel_url(self) -> str:

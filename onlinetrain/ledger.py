@@ -4,7 +4,7 @@ the trainer's attempts and the study's Slurm jobs. The one study state of `ot ru
 
 A study directory holds `ledger.jsonl`, an append-only log of events, one JSON object per line:
 
-    {"ev": "ledger", "version": 2}                          first line (absent: version 1)
+    {"ev": "ledger", "version": 3}                          first line (absent: version 1)
     {"ev": "add", "id": 3, "params": [...]}                 a parameter set joins the study
     {"ev": "claim", "id": 3, "worker": "node1:4242", ...}   a worker takes it
     {"ev": "start", "id": 3, "attempt": 0, "where": ...}    ... and starts it (a process, step, job)
@@ -15,6 +15,8 @@ A study directory holds `ledger.jsonl`, an append-only log of events, one JSON o
     {"ev": "end", "reason": ...} / {"ev": "reopen"}         the study is over / resumed after all
     {"ev": "trainer", "attempt": 0, "outcome": "started", ...}   the trainer's attempts
     {"ev": "job", "job": "1234", "role": "driver"}          a Slurm job of the study
+    {"ev": "generation", "generation": 1, "state": {...}}   Breed: a resampling (breeder state)
+    {"ev": "breed", "id": 9, "params": [...], "generation": 1, "parent": 3}  a pending set redrawn
 
 Every read-modify-append happens under a `filelock` on `ledger.jsonl.lock`, so workers on any node
 of a shared file system (see docs/fault-tolerance.md) claim safely; each line is written by a single
@@ -49,9 +51,9 @@ log = logging.getLogger(__name__)
 PENDING, RUNNING, DONE, FAILED, STOPPED = "pending", "running", "done", "failed", "stopped"
 STATES = (PENDING, RUNNING, DONE, FAILED, STOPPED)
 ENDED = (DONE, FAILED, STOPPED)
-LEDGER_VERSION = 2
-_EVENTS = ("add", "claim", "start", "restart", "done", "fail", "release", "stop")
-_STUDY_EVENTS = ("ledger", "end", "reopen", "trainer", "job")
+LEDGER_VERSION = 3
+_EVENTS = ("add", "claim", "start", "restart", "done", "fail", "release", "stop", "breed")
+_STUDY_EVENTS = ("ledger", "end", "reopen", "trainer", "job", "generation")
 LEDGER, WORKERS = "ledger.jsonl", "workers"
 
 
@@ -97,6 +99,7 @@ class Ledger:
         self.ended: str | None = None  # why the study ended (the trainer finished), or None
         self.trainer: list[dict] = []  # "trainer" events
         self.jobs: list[dict] = []  # "job" events
+        self.generations: list[dict] = []  # "generation" events (Breed), oldest first
         self._off = 0
         self._lines = 0
 
@@ -127,7 +130,8 @@ class Ledger:
         if ev == "add":
             self.state[sid] = {"id": sid, "params": e["params"], "state": PENDING, "attempts": 0,
                                "claims": 0, "starts": 0, "worker": None, "where": "",
-                               "reason": ""}
+                               "reason": "", "generation": 0, "parent": None,
+                               "replaces": e.get("replaces")}
             return
         s = self.state.get(sid)
         if s is None:
@@ -148,6 +152,8 @@ class Ledger:
             s.update(state=PENDING, worker=None, reason=e.get("reason", ""))
         elif ev == "stop":
             s.update(state=STOPPED, worker=None, reason=e.get("reason", ""))
+        elif ev == "breed":
+            s.update(params=e["params"], generation=int(e["generation"]), parent=e.get("parent"))
 
     def _apply_study(self, ev: str, e: dict):
         if ev == "ledger":
@@ -158,6 +164,8 @@ class Ledger:
             self.ended = None
         elif ev == "trainer":
             self.trainer.append(e)
+        elif ev == "generation":
+            self.generations.append(e)
         else:
             self.jobs.append(e)
 
@@ -329,6 +337,34 @@ class Ledger:
         with self._locked():
             self._sync()
             self._append([{"ev": ev, **fields}])
+
+    def breed(self, plan) -> list[dict]:
+        """One Breed resampling as one transaction: under the lock, `plan(state, generations)`
+        (copies of the sets' states and the "generation" events so far) returns None (nothing
+        due) or (generation_event_fields, children [{"id", "params", "generation", "parent"}]).
+        Every child must be a pending set that never started; returns the children written."""
+        with self._locked():
+            self._sync()
+            if self.ended:
+                return []
+            got = plan({k: dict(v) for k, v in self.state.items()}, list(self.generations))
+            if not got:
+                return []
+            gen, kids = got
+            for c in kids:
+                s = self.state.get(c["id"])
+                if s is None or s["state"] != PENDING or s["starts"]:
+                    raise LedgerError(f"breed: simulation {c['id']} is "
+                                      f"{'unknown' if s is None else s['state']} (started "
+                                      f"{0 if s is None else s['starts']} times); only pending sets "
+                                      f"that never started are re-parameterised", str(self.path),
+                                      c["id"])
+            self._append([{"ev": "generation", **gen}] +
+                         [{"ev": "breed", "id": int(c["id"]),
+                           "params": [float(p) for p in c["params"]],
+                           "generation": int(c["generation"]), "parent": c["parent"]}
+                          for c in kids])
+            return kids
 
     def _reclaim(self, worker_timeout: float):
         """Release running sets of workers that are gone (caller holds the lock)."""

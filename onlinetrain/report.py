@@ -202,6 +202,34 @@ def fig_simulations(plt, s: Study):
     return _png(fig)
 
 
+def fig_breed(plt, s: Study):
+    """Breed: each set's parameters (first two) by generation, a line from parent to child."""
+    params, gen, parent = {}, {}, {}
+    for e in s.ledger_events:
+        if e.get("ev") in ("add", "breed") and "params" in e:
+            params[e["id"]], gen[e["id"]] = e["params"], int(e.get("generation", 0))
+            parent[e["id"]] = e.get("parent")
+    if not any(gen.values()):
+        return None
+    fig, ax = plt.subplots(figsize=(6.5, 5))
+    top = max(gen.values())
+    cmap = plt.get_cmap("viridis")
+    for sid, p in params.items():
+        q = params.get(parent[sid])
+        if q is not None:
+            ax.plot([q[0], p[0]], [q[1] if len(q) > 1 else 0, p[1] if len(p) > 1 else 0],
+                    color="0.6", lw=0.7, zorder=1)
+    sc = ax.scatter([p[0] for p in params.values()],
+                    [p[1] if len(p) > 1 else 0 for p in params.values()],
+                    c=[gen[i] for i in params], cmap=cmap, vmin=0, vmax=max(top, 1), s=22,
+                    zorder=2)
+    fig.colorbar(sc, ax=ax, label="generation")
+    ax.set(xlabel="parameter 0", ylabel="parameter 1",
+           title=f"parameter sets by generation ({top} resamplings)")
+    fig.tight_layout()
+    return _png(fig)
+
+
 def fig_fields(plt, s: Study):
     f = s.fields
     if not f or len(f.get("sim_ids", ())) == 0:
@@ -284,6 +312,9 @@ SECTIONS = [  # id, title, figure, caption
     ("simulations", "Simulations", fig_simulations,
      "From ledger.jsonl: sets pending, running, done and failed, restarts, and every attempt of "
      "every simulation by the worker that ran it."),
+    ("breed", "Breed generations", fig_breed,
+     "From ledger.jsonl: every parameter set's first two parameters, coloured by the generation "
+     "that drew it (0: the initial design); a grey line joins a bred set to its parent."),
     ("fields", "Held-out fields", fig_fields,
      "A few held-out simulations at a few time steps: true field, the surrogate's prediction and "
      "the error, in the adapter's target units (heat2d: (T - 300 K) / 100 K)."),

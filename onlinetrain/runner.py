@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from . import checkpoint, sampler
+from .breed_study import breeder_for
 from .ledger import Ledger, LedgerError
 from .study import LedgerSource, StudyDone, prepare_resume, trainer_lock
 from .channel import open_consumer, parse_url
@@ -72,6 +73,7 @@ def new_study(cfg, out: Path) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
     for old in ("checkpoints", "workers"):
         shutil.rmtree(out / old, ignore_errors=True)
+    (out / "scores.json").unlink(missing_ok=True)  # Breed: an older study's scores
     (out / "params.jsonl").write_text(sampler.to_jsonl(sets))
     (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
     Ledger.create(out, sets)
@@ -113,7 +115,8 @@ def _run_locked(cfg, out: Path, t0: float, on_progress, resume: bool, stop_event
 
     def simulate():
         try:
-            source = LedgerSource(Ledger(out), cfg.simulate, redraw=redraw_for(cfg))
+            source = LedgerSource(Ledger(out), cfg.simulate, redraw=redraw_for(cfg),
+                                  breeder=breeder_for(cfg, out))
             sim_box["result"] = run_simulations(
                 None, cfg.solver, url, cfg.simulate.concurrency, cfg.channel.connect_timeout,
                 stop_event=stop, send_stream_end=False,

@@ -41,6 +41,7 @@ from . import slurm as S
 from .channel import parse_url
 from .launch import (attach_trainer, consumer_gone, log_tail, study_channel, thread_env,
                      token_env)
+from .breed_study import breeder_for
 from .ledger import Ledger, worker_id
 from .procs import describe_exit, spawn, terminate
 from .shm_channel import ConsumerGone, clean_stale
@@ -124,7 +125,7 @@ class Driver:
             from .runner import redraw_for  # noqa: PLC0415
             source = LedgerSource(self.ledger, cfg.simulate, redraw=redraw_for(cfg),
                                   worker=self.worker, max_restarts=s.max_restarts,
-                                  poll=min(1.0, s.poll))
+                                  poll=min(1.0, s.poll), breeder=breeder_for(cfg, self.d))
             extra = token_env(self.url, self.d)
             run_simulations(None, cfg.solver, self.url, s.job_limit,
                             cfg.channel.connect_timeout, send_stream_end=True,

@@ -73,7 +73,7 @@ def prepare(cfg) -> Path:
     (d / "params.jsonl").write_text(to_jsonl(study_sets(cfg)))  # for people: the ledger has them
     (d / S.DRIVER_SCRIPT).write_text(S.driver_script(cfg, str(d), python, _project_root()))
     (d / S.SIM_SCRIPT).write_text(S.sim_script())
-    for f in ("result.json", "summary.json", "checkpoint.pt", "metrics.jsonl"):
+    for f in ("result.json", "summary.json", "checkpoint.pt", "metrics.jsonl", "scores.json"):
         (d / f).unlink(missing_ok=True)
     shutil.rmtree(d / "progress", ignore_errors=True)
     Ledger.create(d, study_sets(cfg))  # the study state: a fresh ledger
@@ -170,6 +170,9 @@ def simulations(d: Path) -> dict:
     out["trainer"] = [{k: t[k] for k in ("attempt", "outcome", "reason", "resume_batch") if k in t}
                       for t in led.trainer]
     out["ended"] = led.ended
+    if led.generations:  # Breed (docs/breed.md)
+        from .breed_study import generations_summary  # noqa: PLC0415
+        out["breed"] = generations_summary(snap, led.generations)
     return out
 
 

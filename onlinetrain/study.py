@@ -2,6 +2,7 @@
 and the re-queueing done before a trainer resumes (docs/fault-tolerance.md).
 
     source = LedgerSource(Ledger(d), cfg.simulate)        # for simulate.run_simulations
+    LedgerSource(..., breeder=breed_study.breeder_for(cfg, d))   # Breed: polled before claims
     train(cfg, ..., finished=StudyDone(Ledger(d)))         # stop once every set has ended
     prepare_resume(Ledger(d), fully_received, 30.0)        # before `--resume`
 """
@@ -93,8 +94,9 @@ class LedgerSource:
     """
 
     def __init__(self, ledger: Ledger, sim_cfg, redraw=None, worker: str | None = None,
-                 poll: float = 1.0, max_restarts: int | None = None):
+                 poll: float = 1.0, max_restarts: int | None = None, breeder=None):
         self.ledger, self.cfg, self.redraw = ledger, sim_cfg, redraw
+        self.breeder = breeder  # Breed (breed_study.StudyBreeder): polled before each claim
         self.max_restarts = sim_cfg.max_restarts if max_restarts is None else max_restarts
         self.worker = worker or worker_id()
         self.poll, self._next, self._next_end = poll, 0.0, 0.0
@@ -108,6 +110,8 @@ class LedgerSource:
         now = time.monotonic()
         if now < self._next:
             return None
+        if self.breeder is not None:  # a due resampling re-parameterises pending sets first
+            self.breeder.poll()
         got = self.ledger.claim(self.worker, 1, self.cfg.worker_timeout)
         if not got:
             self._next = now + self.poll  # nothing pending: look again later

@@ -36,6 +36,7 @@ from .errors import OTError
 from .imports import import_function
 from .prefetch import Prefetcher
 from .reservoir import from_config as buffer_from_config
+from .scores import publisher_for
 from .receiver import Receiver
 from .stats import Statistics, stats_wanted
 from .tb import tensorboard_sink
@@ -164,6 +165,7 @@ class _Loop:
             log.warning("resumed from %s at batch %d (%d samples, %d simulations fully "
                         "received)", ck["path"], self.batches, rx.samples, len(rx.sims_done))
         self._agree_on_start()
+        self.scores = publisher_for(cfg, self.out, self.coll, env, ck)  # Breed only (scores.py)
         self.pf = Prefetcher(buf, cfg.train.batch_size,
                              limit=max(0, cfg.train.max_batches - self.batches - len(initial)),
                              pin=device.type == "cuda", initial=initial)
@@ -208,11 +210,14 @@ class _Loop:
             y = torch.zeros((0, self.dims[1]), device=dev)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.cfg.train.amp == "bf16"):
             if self.mode is not None:  # autoregressive: a window, unrolled (ar.py)
-                sse = self.mode.sse(self.net, x, y)
+                per = self.mode.losses(self.net, x, y)
             else:
                 pred = self.net(x)
         if self.mode is None:
-            sse = ((pred.float() - y) ** 2).mean(dim=1).sum()
+            per = ((pred.float() - y) ** 2).mean(dim=1)  # per-sample loss
+        sse = per.sum()
+        if self.scores is not None and item is not None:  # Breed: no host sync here
+            self.scores.add(item.keys, per)
         loss = sse * (self.env.world / n_rows)  # DDP averages over ranks: mean over the union
         self.in_step = True
         self.opt.zero_grad(set_to_none=True)
@@ -221,6 +226,8 @@ class _Loop:
         self.sched.step()
         self.batches += 1
         self.in_step = False
+        if self.scores is not None:
+            self.scores.step(self.batches)
         return sse.detach(), len(x)
 
     def save(self, final=False, summary=None, pending=None):
@@ -235,6 +242,8 @@ class _Loop:
                                        world=self.env.world, device=self.device)
             if summary is not None:
                 state["summary"] = summary
+            if self.scores is not None:  # this rank's Breed score board (docs/checkpoint.md)
+                state["sections"]["scores"] = self.scores.state_dict()
             keep = self.cfg.train.keep_checkpoints
             failed = 0
             if self.env.rank != 0:
@@ -406,6 +415,8 @@ class _Loop:
         if getattr(rx, "stats", None) is not None:  # [stats]: docs/stats.md
             rx.stats.save(self.out / "stats.npz")
             summary["stats"] = dict(rx.stats.counts)
+        if self.scores is not None:
+            self.scores.publish(self.batches)
         self.save(final=True, summary=summary)  # rank 0 also writes <out>/checkpoint.pt
         if self.writer:
             if self.mode is None:

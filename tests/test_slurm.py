@@ -35,6 +35,7 @@ steps = 10
 n_train = 6
 n_validation = 2
 seed = 1
+{sampling_extra}
 [channel]
 connect_timeout = 60.0
 [buffer]
@@ -83,11 +84,12 @@ def study(tmp_path, ring_name, cluster):
     marks.mkdir()
 
     def make(mode="global", max_restarts=2, buffer="reservoir", val_every=10, train_extra="",
-             **faults):
+             sampling_extra="", **faults):
         d = tmp_path / "study"
         cfg = tmp_path / "study.toml"
         cfg.write_text(TOML.format(dir=d, name=ring_name, mode=mode, max_restarts=max_restarts,
-                                   buffer=buffer, val_every=val_every, train_extra=train_extra))
+                                   buffer=buffer, val_every=val_every, train_extra=train_extra,
+                                   sampling_extra=sampling_extra))
         env = {**os.environ, "PYTHONPATH": str(ROOT), "OT_TEST_MARKS": str(marks),
                **{f"OT_TEST_{k.upper()}": str(v) for k, v in faults.items()}}
         return cfg, d, env, marks
@@ -360,3 +362,41 @@ def test_two_rank_mpi_simulations_run_as_srun_steps(study, ring_name):
     summary = json.loads((d / "summary.json").read_text())
     assert summary["samples_received"] == 8 * 6 and summary["duplicates_dropped"] == 0
     assert not study_procs(f"shm://{ring_name}")
+
+
+@pytest.mark.timeout(180)
+def test_slurm_study_with_breed_re_parameterises_pending_sets(study, ring_name):
+    """[sampling] adaptive = "breed" in an `ot slurm` study: the driver runs the breeder before
+    each claim; bred sets run (as srun steps) with their new parameters, held-out sets never
+    change, and `ot slurm status` shows the generations."""
+    cfg, d, env, _ = study("global", sampling_extra='adaptive = "breed"\n[breed]\nwindow = 2\n'
+                           'sigma = 0.05\nstart = 0.7\nend = 0.9')
+    p = submit_bg(cfg, env)
+    try:
+        out, err = p.communicate(timeout=150)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 0, out + err
+    res = json.loads((d / "result.json").read_text())
+    assert res["status"] == "completed" and res["done"] == ALL_IDS
+    ev = events(d)
+    bred = [e for e in ev if e["ev"] == "breed"]
+    gens = [e for e in ev if e["ev"] == "generation"]
+    assert gens and bred and {e["generation"] for e in bred} == {g["generation"] for g in gens}
+    for e in bred:
+        assert e["id"] < 6  # training sets only (6, 7 are held out)
+        first_start = next(i for i, x in enumerate(ev) if x["ev"] == "start" and x["id"] == e["id"])
+        assert ev.index(e) < first_start  # re-parameterised before it ever started
+        assert all(100.0 <= v <= 500.0 for v in e["params"])
+        if e["parent"] is not None:
+            done_at = next(i for i, x in enumerate(ev) if x["ev"] == "done" and x["id"] == e["parent"])
+            assert done_at < ev.index(e) and e["parent"] < 6
+    st = ot("slurm", "status", d, "--json", env=env)
+    b = json.loads(st.stdout)["simulations"]["breed"]
+    last = {e["id"]: e for e in bred}  # a set still pending may be re-parameterised again
+    assert b["resamplings"] == len(gens)
+    assert b["bred"] == sum(e["parent"] is not None for e in last.values())
+    assert (d / "scores.json").exists()
+
