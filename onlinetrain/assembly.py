@@ -102,8 +102,12 @@ class _Sim:
     ended: bool = False
 
 
-class _Piece:
-    """One (simulation, step, field) being assembled from pieces."""
+class Piece:
+    """One (simulation, step, field) being assembled from pieces (also used by onlinetrain.stats).
+
+        p = Piece.of(frame)          # an empty field of the frame's global shape and dtype
+        p.place(frame)               # True: complete, False: more to come, None: a duplicate box
+    """
     __slots__ = ("array", "filled", "boxes", "meta", "total")
 
     def __init__(self, shape, dtype):
@@ -112,6 +116,40 @@ class _Piece:
         self.filled = 0
         self.boxes: set = set()
         self.meta = b""
+
+    @classmethod
+    def of(cls, f) -> "Piece":
+        gs = getattr(f, "global_shape", None)
+        return cls(tuple(gs) if gs is not None else f.array.shape, f.array.dtype)
+
+    def place(self, f) -> bool | None:
+        """Copy piece `f` into the field; whether the field is now complete, None when this box
+        already arrived. FrameError (nothing changed) for a piece whose global shape or dtype
+        differ from the earlier pieces', or that overlaps them."""
+        a = f.array
+        gs, off = getattr(f, "global_shape", None), getattr(f, "offset", None)
+        if gs is None:
+            gs, off = a.shape, (0,) * a.ndim
+        gs, off = tuple(gs), tuple(off)
+        if self.array.shape != gs or self.array.dtype != a.dtype:
+            raise fr.FrameError(f"piece of field {f.name!r} (simulation {f.sim_id}, step "
+                                f"{f.time_step}) has global shape {gs} of {a.dtype}, earlier "
+                                f"pieces {self.array.shape} of {self.array.dtype}", gs)
+        box = (off, a.shape)
+        if box in self.boxes:
+            return None
+        if self.filled + a.size > self.total or any(
+                all(o < bo + be and bo < o + e for o, e, bo, be in zip(off, a.shape, *b))
+                for b in self.boxes):
+            raise fr.FrameError(f"piece at {off} of extent {a.shape} overlaps others of field "
+                                f"{f.name!r} (simulation {f.sim_id}, step {f.time_step})", box)
+        self.array[tuple(slice(o, o + e) for o, e in zip(off, a.shape))] = a
+        self.boxes.add(box)
+        self.filled += a.size
+        meta = getattr(f, "meta", b"") or b""
+        if meta and not self.meta:
+            self.meta = meta
+        return self.filled == self.total
 
 
 def _counts(f) -> dict | None:
@@ -130,7 +168,7 @@ class Assembler:
         self.ended: set[int] = set()  # done, failed or incomplete: nothing more is expected
         self.done_range: dict[int, tuple[int, int]] = {}  # done: steps first..first+n-1
         self.done_bits: dict[int, _Bits] = {}  # done with steps that are not one range
-        self.pending: dict[tuple, dict] = {}  # (sim, step) -> {field: _Piece | completed array}
+        self.pending: dict[tuple, dict] = {}  # (sim, step) -> {field: Piece | completed array}
         self.params: dict[tuple, np.ndarray] = {}
         self.duplicates = 0
         self.ignored = 0  # complete fields the adapter does not take
@@ -188,34 +226,14 @@ class Assembler:
         return step
 
     def _piece(self, f, key, pend):
-        a = f.array
-        gs, off = getattr(f, "global_shape", None), getattr(f, "offset", None)
-        if gs is None:
-            gs, off = a.shape, (0,) * a.ndim
-        gs, off = tuple(gs), tuple(off)
         p = None if pend is None else pend.get(f.name)
         if p is None:
-            p = _Piece(gs, a.dtype)
-        elif p.array.shape != gs or p.array.dtype != a.dtype:
-            raise fr.FrameError(f"piece of field {f.name!r} (simulation {f.sim_id}, step "
-                                f"{f.time_step}) has global shape {gs} of {a.dtype}, earlier pieces "
-                                f"{p.array.shape} of {p.array.dtype}", gs)
-        box = (off, a.shape)
-        if box in p.boxes:
+            p = Piece.of(f)
+        done = p.place(f)
+        if done is None:
             self.duplicates += 1
             return None, b"", 0
-        if p.filled + a.size > p.total or any(
-                all(o < bo + be and bo < o + e for o, e, bo, be in zip(off, a.shape, *b))
-                for b in p.boxes):
-            raise fr.FrameError(f"piece at {off} of extent {a.shape} overlaps others of field "
-                                f"{f.name!r} (simulation {f.sim_id}, step {f.time_step})", box)
-        p.array[tuple(slice(o, o + e) for o, e in zip(off, a.shape))] = a
-        p.boxes.add(box)
-        p.filled += a.size
-        meta = getattr(f, "meta", b"") or b""
-        if meta and not p.meta:
-            p.meta = meta
-        if p.filled < p.total:
+        if not done:
             if pend is None:
                 pend = self.pending[key] = {}
                 self.params[key] = np.array(f.params)

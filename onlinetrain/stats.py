@@ -11,10 +11,20 @@ step once all its members' frames of that step arrived. A group whose member fai
     for f in frames: st.update(f)     # also SIM_END / SIM_FAILED / STREAM_END frames
     st.save("out/stats.npz"); st.summary()
     ck["stats"] = st.state_dict()     # numpy arrays; to_tensors() for torch.save(weights_only)
+    st.flush()                        # apply the staged frames (stats_stage); results, save and
+                                      # state_dict do it themselves, as does reading a Step's mom
 
-Memory: cells x steps x (6 + thresholds + 2 quantile levels [+ 2(p+2) + 4p with sobol]) x 8 bytes,
-plus the frames of groups in flight. It is reported at a field's first frame, and refused
-(StatsMemoryError, before anything is accumulated) when it exceeds the free memory (psutil).
+A frame that is a piece of a field (frame format v2: `global_shape` and `offset`, one piece per MPI
+rank) is copied into its place in the whole field (onlinetrain.assembly.Piece); the field enters the
+statistics once its last piece arrived, so they always see whole fields. Fields being assembled are
+not part of the checkpoint (the simulation is re-run, as for the receiver's Assembler); a
+SIM_FAILED drops its simulation's unfinished fields (the restart sends every piece again).
+
+Memory: cells x steps x (7 + thresholds + ceil(thresholds / 8) + 2 quantile levels [+ 2(p+2) + 4p
+with sobol]) x 8 bytes, plus the frames of groups in flight, the fields being assembled from
+pieces and, without quantiles, up to stats_stage.STAGE_BYTES of frames staged for block updates.
+It is reported at a field's first frame, and refused (StatsMemoryError, before anything is
+accumulated) when it exceeds the free memory (psutil).
 """
 from __future__ import annotations
 
@@ -23,10 +33,12 @@ import logging
 import numpy as np
 
 from . import frame as fr
+from .assembly import Piece
 from .stats_io import field_results, save_npz
 from .stats_moments import StepMoments
 from .stats_quantiles import StepQuantiles
 from .stats_sobol import StepSobol
+from .stats_stage import STAGE_FRAMES, Stage
 from .stats_state import (Field, Step, StatsError, StatsMemoryError, _fmt, free_memory,
                           load_state_dict, state_dict, to_tensors)
 
@@ -56,9 +68,12 @@ class Statistics:
         self.sims_done: set[int] = set()
         self.sims_failed: dict[int, str] = {}
         self.counts = {"frames": 0, "accepted": 0, "duplicates": 0, "other_fields": 0,
-                       "rejected": 0, "stream_ends": 0}
+                       "rejected": 0, "stream_ends": 0, "pieces": 0}
+        self.pieces: dict[tuple[str, int, int], Piece] = {}  # (field, sim, step) being assembled
         self.reasons: dict[str, int] = {}
         self.memory_bytes = 0
+        self.stage = Stage()  # frames staged for block updates of the moments (not with quantiles)
+        self.stage_counted = 0  # bytes of the stage's budget counted in memory_bytes
 
     # -- layout ----------------------------------------------------------------------------------
     @property
@@ -82,26 +97,25 @@ class Statistics:
         if got is None:
             return False
         step, x = got
-        step.mom.update(x)
-        if step.q is not None:
-            step.q.update(x, step.mom)
+        step.add((x,))
         return True
 
     def update_many(self, frames) -> int:
         """Account for a batch of frames (e.g. one get_many): the frames of one (field, time step)
-        update the moments together (StepMoments.update_block: the state is read and written once
-        for all of them), then the quantiles frame by frame. Returns the frames accepted."""
+        go to its Step together (with the staged ones, the moments' state is read and written once
+        for all of them). Returns the frames accepted."""
         blocks: dict[int, tuple] = {}
         for f in frames:
             got = self._accept(f)
             if got is not None:
                 blocks.setdefault(id(got[0]), (got[0], []))[1].append(got[1])
         for step, xs in blocks.values():
-            step.mom.update_block(xs)
-            if step.q is not None:
-                for x in xs:
-                    step.q.update(x, step.mom)
+            step.add(xs)
         return sum(len(xs) for _, xs in blocks.values())
+
+    def flush(self) -> None:
+        """Apply the staged frames (stats_stage); every result and the state do it first."""
+        self.stage.flush()
 
     def _accept(self, f):
         """Checks and accounting of one frame; (step, values) when they enter the statistics."""
@@ -116,6 +130,8 @@ class Statistics:
         if f.kind == fr.SIM_FAILED:
             if f.sim_id not in self.sims_done:
                 self.sims_failed[f.sim_id] = f.name
+            for k in [k for k in self.pieces if k[1] == f.sim_id]:
+                del self.pieces[k]  # a restarted simulation sends every piece again
             return None
         name = f.name
         if self.cfg.fields and name not in self.cfg.fields:
@@ -123,18 +139,17 @@ class Statistics:
             return None
         key = (int(f.sim_id), int(f.time_step))
         arr = np.asarray(f.array)
-        gshape = getattr(f, "global_shape", None)
-        if gshape is not None and tuple(gshape) != arr.shape:
-            return self._reject("piece", "field %r: frame (sim %d, step %d) is a piece %s of a %s "
-                                "field; the statistics take whole fields only (send the field in "
-                                "one frame); frame left out", name, key[0], key[1], arr.shape,
-                                tuple(gshape))
         fld = self.fields.get(name)
-        if fld is None:
-            fld = self._new_field(f)
-        if key in fld.seen:
+        if fld is not None and key in fld.seen:
             self.counts["duplicates"] += 1
             return None
+        gshape = getattr(f, "global_shape", None)
+        if gshape is not None and tuple(gshape) != arr.shape:  # a piece (one MPI rank's part)
+            arr = self._join(f, key)
+            if arr is None:
+                return None
+        if fld is None:
+            fld = self._new_field(f, arr)
         if arr.shape != fld.shape:
             return self._reject("shape", "field %r: frame (sim %d, step %d) has shape %s, the "
                                 "field's first frame had %s; frame left out", name, key[0], key[1],
@@ -143,7 +158,7 @@ class Statistics:
         x = arr.reshape(-1)
         step = fld.steps.get(key[1])
         if step is None:
-            step = fld.steps[key[1]] = Step(fld.cells, self.cfg, fld.p)
+            step = fld.steps[key[1]] = Step(fld.cells, self.cfg, fld.p, self.stage)
             if self.steps_hint and len(fld.steps) == self.steps_hint + 1:
                 log.warning("field %r: more time steps than the %d the memory figure assumed",
                             name, self.steps_hint)
@@ -153,8 +168,28 @@ class Statistics:
         self.counts["accepted"] += 1
         return step, x
 
-    def _new_field(self, f) -> Field:
-        arr = np.asarray(f.array)
+    def _join(self, f, key):
+        """The whole field once the last of its pieces arrived (onlinetrain.assembly.Piece), else
+        None: the pieces are copied into a field of the global shape until it is complete."""
+        pk = (f.name, *key)
+        p = self.pieces.get(pk)
+        try:
+            if p is None:
+                p = Piece.of(f)
+            done = p.place(f)
+        except fr.FrameError as e:
+            return self._reject("piece", "field %r: %s; piece left out", f.name, e)
+        if done is None:
+            self.counts["duplicates"] += 1
+            return None
+        self.counts["pieces"] += 1
+        if not done:
+            self.pieces[pk] = p
+            return None
+        self.pieces.pop(pk, None)
+        return p.array
+
+    def _new_field(self, f, arr) -> Field:
         p = self.p
         if self.cfg.sobol and p == 0:
             p = self.p = len(f.params)
@@ -164,12 +199,17 @@ class Statistics:
         fld = Field(f.name, arr.shape, p)
         steps = self.steps_hint or 1
         need = fld.cells * steps * self.floats_per_cell(p) * 8
+        staged = 0 if self.cfg.quantiles else min(  # stats_stage: frames held for block updates
+            self.stage.nbytes - self.stage_counted, STAGE_FRAMES * steps * arr.nbytes)
         free = self.free()
         per = "" if self.steps_hint else " per time step (steps unknown: set stats.steps)"
         self.report(f"statistics of field {f.name!r}: {fld.cells} cells x {steps} steps x "
                     f"{self.floats_per_cell(p)} values x 8 bytes = {_fmt(need)}{per}"
+                    + (f", plus up to {_fmt(staged)} of frames staged for block updates"
+                       if staged else "")
                     + (f", plus the frames of pick-freeze groups in flight ({self.rows} per group)"
                        if self.cfg.sobol else ""))
+        need += staged
         if self.memory_bytes + need > free:
             raise StatsMemoryError(
                 f"statistics of field {f.name!r} need {_fmt(self.memory_bytes + need)} "
@@ -177,6 +217,7 @@ class Statistics:
                 f"(stats.fields), thresholds or quantile levels, or run on a bigger node",
                 self.memory_bytes + need, free)
         self.memory_bytes += need
+        self.stage_counted += staged
         self.fields[f.name] = fld
         return fld
 
@@ -248,12 +289,14 @@ class Statistics:
 
     def results(self) -> dict:
         """The arrays of stats.npz (docs/stats.md), keyed FIELD/NAME."""
+        self.flush()
         out = {}
         for name, fld in self.fields.items():
             out.update(field_results(name, fld, self.cfg))
         return out
 
     def save(self, path) -> None:
+        self.flush()
         save_npz(path, self)
 
     def state_dict(self) -> dict:

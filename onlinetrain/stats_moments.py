@@ -2,19 +2,26 @@
 
 Mean and the central sums M2, M3, M4 in float64, one frame (one simulation's values at every cell)
 at a time. Each frame adds y = x - k, y^2, y^3, y^4 to four running sums, k being the cell's mean at
-the last fold; every FOLD frames the sums are folded into central sums around the new mean
-(Pébay's binomial shift), so k never strays from the mean by more than the spread of FOLD samples
-and the sums stay well conditioned. This is a block-wise Pébay update: 8 array operations per frame
-instead of Welford's 20 for the same four moments. `merge` combines two partial states with Pébay's
-pairwise formulas, so the result does not depend on how the frames were split or ordered beyond
-rounding (tests/test_stats_moments.py checks it against numpy to 1e-10, any arrival order).
+the last fold (at first, the first frame); at n = FIRST_FOLD and then every FOLD frames the sums
+are folded into central sums around the new mean (Pébay's binomial shift), so k never strays far
+from the mean (a few standard deviations at most) and the sums stay well conditioned. This is a
+block-wise Pébay update: 6 array operations per frame for the four moments instead of Welford's 20.
+`merge` combines two partial states with Pébay's pairwise formulas, so the result does not depend
+on how the frames were split or ordered beyond rounding (tests/test_stats_moments.py checks it
+against numpy to 1e-10, any arrival order).
 
     m = StepMoments(cells=4096, thresholds=[300.0])
     for x in frames: m.update(x)            # x: 1-D array of `cells` values, any float dtype
+    m.update_block(xs)                      # several frames at once: the state is read once
     m.mean, m.variance(), m.skewness(), m.kurtosis(), m.min, m.max, m.exceedance()
 
-The update walks the cells in blocks of CHUNK so that its temporaries stay in the CPU cache:
-memory traffic is one read of the frame and one read+write of s1..s4, min, max (k is only read).
+Cost (bench/stats.py, docs/stats.md): the update walks the cells in blocks of CHUNK, so that its
+temporaries (the frame converted to float64 once, its four powers, the threshold flags) stay in
+the CPU cache, and writes every result in place (ufuncs with out=, no temporary array). The four
+power sums are one (4, cells) array updated by one add; exceedances are counted in uint8 (one byte
+per threshold and cell, added to the int64 counts every 255 frames), so the state read and written
+per frame is k, the sums, min and max plus a byte per threshold. update_block walks the cells once
+for up to MAX_BLOCK frames: each block of cells is updated with every frame while it is in cache.
 """
 from __future__ import annotations
 
@@ -22,20 +29,25 @@ import threading
 
 import numpy as np
 
-CHUNK = 4096  # cells per block: the state (9 + thresholds arrays) of a block, 32 KiB each, stays in L2
-FOLD = 16  # the shift k moves to the mean every FOLD samples (and at n = 2, 4, 8)
-MAX_BLOCK = 64  # samples added per pass over the cells by update_block
+CHUNK = 16384  # cells per block: the temporaries of a block (6 x 128 KiB) stay in L2/L3
+FIRST_FOLD = 8  # the shift k (the first sample) moves to the mean once n reaches FIRST_FOLD,
+FOLD = 64  # then every FOLD samples (a fold costs about one frame's update)
+MAX_BLOCK = 32  # samples added per pass over the cells by update_block
+PENDING_MAX = 255  # frames counted in the uint8 exceedance counters before they go to int64
 ARRAYS = ("k", "s1", "s2", "s3", "s4", "min", "max")
 _local = threading.local()
 
 
-def scratch(width: int, count: int) -> list[np.ndarray]:
-    """`count` float64 work arrays of `width`, reused by every update of this thread."""
-    bufs = getattr(_local, "bufs", None)
-    if bufs is None or bufs[0].shape[0] < width or len(bufs) < count:
-        bufs = _local.bufs = [np.empty(max(width, CHUNK)) for _ in range(max(count, 8))]
-        _local.flag = np.empty(max(width, CHUNK), bool)
-    return bufs[:count]
+def scratch(width: int, rows: int, thresholds: int):
+    """Work arrays of this thread, reused by every update: x (width,) float64, powers (4, width)
+    float64 and flags (thresholds, width) bool. The fold uses rows >= 4 float64 rows."""
+    got = getattr(_local, "bufs", None)
+    if got is None or got[0].shape[0] < width or got[1].shape[0] < rows or \
+            got[2].shape[0] < thresholds:
+        w = max(width, CHUNK)
+        got = _local.bufs = (np.empty(w), np.empty((max(rows, 4), w)),
+                             np.empty((max(thresholds, 2), w), bool))
+    return got
 
 
 class StepMoments:
@@ -47,17 +59,36 @@ class StepMoments:
         self.thresholds = np.asarray(thresholds, np.float64).reshape(-1)
         self.n = 0
         self.k = np.zeros(self.cells)
-        self.s1 = np.zeros(self.cells)
-        self.s2 = np.zeros(self.cells)
-        self.s3 = np.zeros(self.cells)
-        self.s4 = np.zeros(self.cells)
+        self.sums = np.zeros((4, self.cells))  # s1..s4, one array: one add per frame
         self.min = np.full(self.cells, np.inf)
         self.max = np.full(self.cells, -np.inf)
-        self.exceed = np.zeros((len(self.thresholds), self.cells), np.int64)
+        t = len(self.thresholds)
+        self._exceed = np.zeros((t, self.cells), np.int64)
+        self._pending = np.zeros((t, self.cells), np.uint8)  # frames over t since the last flush
+        self._npending = 0
 
     @staticmethod
     def floats_per_cell(n_thresholds: int) -> int:
-        return len(ARRAYS) + n_thresholds
+        """8-byte values per cell: k, s1..s4, min, max, an int64 count per threshold, and the
+        uint8 counters (one byte per threshold, rounded up to whole values)."""
+        return len(ARRAYS) + n_thresholds + (n_thresholds + 7) // 8
+
+    s1 = property(lambda self: self.sums[0])
+    s2 = property(lambda self: self.sums[1])
+    s3 = property(lambda self: self.sums[2])
+    s4 = property(lambda self: self.sums[3])
+
+    @property
+    def exceed(self) -> np.ndarray:
+        """Counts of frames above each threshold, (thresholds, cells) int64."""
+        self._flush_counts()
+        return self._exceed
+
+    def _flush_counts(self) -> None:
+        if self._npending:
+            self._exceed += self._pending
+            self._pending[:] = 0
+            self._npending = 0
 
     # -- updates ---------------------------------------------------------------------------------
     def update(self, x: np.ndarray) -> None:
@@ -67,63 +98,105 @@ class StepMoments:
     def update_block(self, xs) -> None:
         """Add several samples per cell (1-D arrays): each block of cells is updated with every
         sample while its state is in cache, so the state is read and written once per block of
-        up to MAX_BLOCK samples instead of once per sample. The first FOLD samples go one by one."""
+        up to MAX_BLOCK samples instead of once per sample. Blocks end at the folds, so the
+        result is bit-identical to update() frame by frame, in the same order."""
         xs = list(xs)
         i = 0
-        while i < len(xs) and self.n < FOLD:
-            self._add(xs[i:i + 1])
-            i += 1
-        for j in range(i, len(xs), MAX_BLOCK):
-            self._add(xs[j:j + MAX_BLOCK])
+        while i < len(xs):
+            n = self.n
+            to_fold = (FIRST_FOLD if n < FIRST_FOLD else (n // FOLD + 1) * FOLD) - n
+            m = min(len(xs) - i, MAX_BLOCK, to_fold)
+            self._add(xs[i:i + m])
+            i += m
 
     def _add(self, blk) -> None:
+        if not len(blk):
+            return
         n0 = self.n
         n = self.n = n0 + len(blk)
-        thr = self.thresholds
-        if n0 == 0:
+        if self._npending + len(blk) > PENDING_MAX:
+            self._flush_counts()
+        self._npending += len(blk)
+        thr = self.thresholds[:, None]
+        nt = len(self.thresholds)
+        if n0 == 0:  # the first sample sets the shift k (and min, max) and adds nothing to s1..s4
             x = blk[0]
             self.k[:] = x
-            self.min[:] = x
-            self.max[:] = x
-            for j, t in enumerate(thr):
-                self.exceed[j] += x > t
+            self.min[:] = self.k
+            self.max[:] = self.k
+            if nt:
+                np.add(self._pending, np.greater(self.k, thr), out=self._pending,
+                       casting="unsafe")
             blk = blk[1:]
-        if not blk:
-            return
-        y, y2 = scratch(min(CHUNK, self.cells), 2)
-        flag = _local.flag
+        if blk:
+            self._kernel(blk, thr, nt)
+        if n // FOLD != n0 // FOLD or (n0 < FIRST_FOLD <= n):
+            self.fold()
+
+    def _kernel(self, blk, thr, nt) -> None:
+        xbuf, pbuf, fbuf = scratch(min(CHUNK, self.cells), 4, nt)
+        f8buf = fbuf.view(np.uint8)
         for s in range(0, self.cells, CHUNK):
             e = min(s + CHUNK, self.cells)
             c = e - s
-            yk, y2k, fk = y[:c], y2[:c], flag[:c]
-            k, s1, s2, s3, s4 = self.k[s:e], self.s1[s:e], self.s2[s:e], self.s3[s:e], self.s4[s:e]
-            mn, mx, ex = self.min[s:e], self.max[s:e], self.exceed[:, s:e]
+            xf, p, fl, f8 = xbuf[:c], pbuf[:4, :c], fbuf[:nt, :c], f8buf[:nt, :c]
+            p0, p1, p2, p3 = p
+            k, sums, mn, mx, cnt = (self.k[s:e], self.sums[:, s:e], self.min[s:e],
+                                    self.max[s:e], self._pending[:, s:e])
             for x in blk:
                 xs = x[s:e]
-                np.subtract(xs, k, out=yk)                  # y = x - k
-                s1 += yk
-                np.multiply(yk, yk, out=y2k)
-                s2 += y2k
-                yk *= y2k                                   # y^3
-                s3 += yk
-                y2k *= y2k                                  # y^4
-                s4 += y2k
-                np.minimum(mn, xs, out=mn)
-                np.maximum(mx, xs, out=mx)
-                for j, t in enumerate(thr):
-                    np.greater(xs, t, out=fk)
-                    ex[j] += fk
-        if n // FOLD != n0 // FOLD or (n <= FOLD and n & (n - 1) == 0):
-            self.fold()
+                if xs.dtype == np.float64:
+                    xf = xs
+                else:
+                    np.copyto(xf, xs, casting="unsafe")  # float32 frames: converted once
+                np.subtract(xf, k, out=p0)                  # y = x - k
+                np.multiply(p0, p0, out=p1)                 # y^2
+                np.multiply(p0, p1, out=p2)                 # y^3
+                np.multiply(p1, p1, out=p3)                 # y^4
+                np.add(sums, p, out=sums)                   # s1..s4 in one call
+                np.minimum(mn, xf, out=mn)
+                np.maximum(mx, xf, out=mx)
+                if nt:
+                    np.greater(xf, thr, out=fl)             # every threshold in one call
+                    np.add(cnt, f8, out=cnt)
+                xf = xbuf[:c]
 
     def fold(self) -> None:
-        """Move the shift k to the current mean: s1 = 0, s2..s4 = the central sums M2..M4."""
+        """Move the shift k to the current mean: s1 = 0, s2..s4 = the central sums M2..M4
+        (computed in place, block by block of cells)."""
         if self.n == 0:
             return
-        m2, m3, m4 = self.central()
-        self.k += self.s1 / self.n
-        self.s1[:] = 0.0
-        self.s2, self.s3, self.s4 = m2, m3, m4
+        n = float(self.n)
+        _, w, _ = scratch(min(CHUNK, self.cells), 6, 0)
+        for s in range(0, self.cells, CHUNK):
+            e = min(s + CHUNK, self.cells)
+            c = e - s
+            s1, s2, s3, s4 = self.sums[:, s:e]
+            d, d2, t = w[0, :c], w[1, :c], w[2, :c]
+            np.divide(s1, n, out=d)
+            np.multiply(d, d, out=d2)
+            # M4 = s4 - 4 d s3 + 6 d^2 s2 - 3 n d^4
+            np.multiply(d, s3, out=t)
+            t *= 4.0
+            s4 -= t
+            np.multiply(d2, s2, out=t)
+            t *= 6.0
+            s4 += t
+            np.multiply(d2, d2, out=t)
+            t *= 3.0 * n
+            s4 -= t
+            # M3 = s3 - 3 d s2 + 2 n d^3
+            np.multiply(d, s2, out=t)
+            t *= 3.0
+            s3 -= t
+            np.multiply(d2, d, out=t)
+            t *= 2.0 * n
+            s3 += t
+            # M2 = s2 - d s1
+            np.multiply(d, s1, out=t)
+            s2 -= t
+            self.k[s:e] += d
+            s1[:] = 0.0
 
     def central(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """M2, M3, M4 (sums of (x - mean)^p) from the shifted power sums (binomial shift by
@@ -172,12 +245,13 @@ class StepMoments:
         m3 = m3a + m3b + d2 * d * (na * nb * (na - nb) / (n * n)) + 3.0 * d * (na * m2b - nb * m2a) / n
         m2 = m2a + m2b + d2 * (na * nb / n)
         self.k = self.mean + d * (nb / n)
-        self.s1 = np.zeros(self.cells)
-        self.s2, self.s3, self.s4 = m2, m3, m4
+        self.sums[0] = 0.0
+        self.sums[1], self.sums[2], self.sums[3] = m2, m3, m4
         self.n = int(n)
         np.minimum(self.min, other.min, out=self.min)
         np.maximum(self.max, other.max, out=self.max)
-        self.exceed += other.exceed
+        self._flush_counts()
+        self._exceed += other.exceed
 
     # -- results ---------------------------------------------------------------------------------
     def variance(self) -> np.ndarray:
@@ -211,7 +285,11 @@ class StepMoments:
         return d
 
     def load_state_dict(self, d: dict) -> None:
-        for k in ARRAYS:
+        for k in ("k", "min", "max"):
             setattr(self, k, np.array(d[k], np.float64).reshape(self.cells))
+        for i in range(4):
+            self.sums[i] = np.asarray(d[f"s{i + 1}"], np.float64).reshape(self.cells)
         self.n = int(d["n"])
-        self.exceed = np.array(d["exceed"], np.int64).reshape(len(self.thresholds), self.cells)
+        self._exceed = np.array(d["exceed"], np.int64).reshape(len(self.thresholds), self.cells)
+        self._pending[:] = 0
+        self._npending = 0

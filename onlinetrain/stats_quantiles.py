@@ -21,11 +21,27 @@ because sigma_n overstates the spread near the quantile.
 """
 from __future__ import annotations
 
+import threading
+
 import numpy as np
+
+from .stats_moments import CHUNK
 
 C = 2.0
 BETA = 0.6
 TOL_RANK = 1.5  # |F_n(q) - a| <= TOL_RANK / sqrt(n)
+
+
+_local = threading.local()
+
+
+def _scratch(width: int):
+    """Work arrays of this thread (x as float64, scale, step, flags), reused by every update."""
+    got = getattr(_local, "bufs", None)
+    if got is None or got[0].shape[0] < width:
+        w = max(width, CHUNK)
+        got = _local.bufs = (np.empty(w), np.empty(w), np.empty(w), np.empty(w, bool))
+    return got
 
 
 def tolerance(n: int) -> float:
@@ -49,7 +65,8 @@ class StepQuantiles:
         return 2 * n_levels
 
     def update(self, x: np.ndarray, mom) -> None:
-        """Add one value per cell; `mom` is the cell's StepMoments, already updated with `x`."""
+        """Add one value per cell; `mom` is the cell's StepMoments, already updated with `x`.
+        Walks the cells in blocks of stats_moments.CHUNK, in place (no full-size temporary)."""
         n = self.n + 1
         self.n = n
         if n == 1:
@@ -57,23 +74,36 @@ class StepQuantiles:
             self.avg[:] = x
             self.weight = 1.0
             return
-        scale = mom.m2 * (1.0 / n)
-        np.sqrt(scale, out=scale)
-        scale *= C * n ** -BETA
         self.weight += n
         w = n / self.weight
-        below = np.empty(self.cells, bool)
-        step = np.empty(self.cells)
-        for j, a in enumerate(self.levels):
-            q = self.q[j]
-            np.less_equal(x, q, out=below)
-            np.subtract(a, below, out=step)
-            step *= scale
-            q += step
-            np.clip(q, mom.min, mom.max, out=q)
-            np.subtract(q, self.avg[j], out=step)
-            step *= w
-            self.avg[j] += step
+        gain = C * n ** -BETA
+        xbuf, sbuf, stbuf, bbuf = _scratch(min(CHUNK, self.cells))
+        for s in range(0, self.cells, CHUNK):
+            e = min(s + CHUNK, self.cells)
+            c = e - s
+            xs, scale, step, below = x[s:e], sbuf[:c], stbuf[:c], bbuf[:c]
+            if xs.dtype != np.float64:
+                np.copyto(xbuf[:c], xs, casting="unsafe")
+                xs = xbuf[:c]
+            s1, s2 = mom.sums[0, s:e], mom.sums[1, s:e]
+            np.divide(s1, n, out=scale)                 # m2 = s2 - s1 (s1 / n), as mom.m2
+            scale *= s1
+            np.subtract(s2, scale, out=scale)
+            scale *= 1.0 / n
+            np.sqrt(scale, out=scale)
+            scale *= gain
+            lo, hi = mom.min[s:e], mom.max[s:e]
+            for j, a in enumerate(self.levels):
+                q, avg = self.q[j, s:e], self.avg[j, s:e]
+                np.less_equal(xs, q, out=below)
+                np.subtract(a, below, out=step)
+                step *= scale
+                q += step
+                np.maximum(q, lo, out=q)                # clip to [min, max]
+                np.minimum(q, hi, out=q)
+                np.subtract(q, avg, out=step)
+                step *= w
+                avg += step
 
     def values(self) -> np.ndarray:
         if self.n == 0:

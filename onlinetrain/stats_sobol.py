@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
+CHUNK = 4096  # cells per block of the update: its (p + 2, CHUNK) temporaries stay in cache
 Z95 = 1.959963984540054
 _R_MAX = 1.0 - 1e-12
 
@@ -48,26 +49,33 @@ class StepSobol:
         return 2 * (p + 2) + 4 * p
 
     def update(self, ys: np.ndarray) -> None:
-        """Add one complete group: rows A, B, E_1..E_p (shape (p + 2, cells))."""
+        """Add one complete group: rows A, B, E_1..E_p (shape (p + 2, cells)). Walks the cells in
+        blocks of CHUNK so that the temporaries stay in cache."""
         self.n += 1
+        for s in range(0, self.cells, CHUNK):
+            self._update(ys[:, s:s + CHUNK], slice(s, s + CHUNK))
+
+    def _update(self, ys: np.ndarray, sl: slice) -> None:
         n = self.n
-        d_old = ys - self.mean
-        self.mean += d_old * (1.0 / n)
-        d_new = np.subtract(ys, self.mean, out=ys)  # ys is the caller's scratch copy
-        self.m2 += d_old * d_new
+        mean, m2, cb, ca, qb, qa = (a[:, sl] for a in (self.mean, self.m2, self.cb, self.ca,
+                                                       self.qb, self.qa))
+        d_old = ys - mean
+        mean += d_old * (1.0 / n)
+        d_new = np.subtract(ys, mean, out=ys)  # ys is the caller's scratch copy
+        m2 += d_old * d_new
         e_new = d_new[2:]
-        self.cb += d_old[1] * e_new
-        self.ca += d_old[0] * e_new
+        cb += d_old[1] * e_new
+        ca += d_old[0] * e_new
         if n < 2:
             return
         # influence function of each correlation, current estimates plugged in
         with np.errstate(divide="ignore", invalid="ignore"):
-            inv_sd = 1.0 / np.sqrt(self.m2 * (1.0 / n))
+            inv_sd = 1.0 / np.sqrt(m2 * (1.0 / n))
             inv_sd[~np.isfinite(inv_sd)] = 0.0  # a cell that has not varied yet
             u = np.multiply(d_new, inv_sd, out=d_old)
             ue = u[2:]
             ue2 = ue * ue
-            for c, q, ref in ((self.cb, self.qb, 1), (self.ca, self.qa, 0)):
+            for c, q, ref in ((cb, qb, 1), (ca, qa, 0)):
                 r = c * (inv_sd[ref] * inv_sd[2:] * (1.0 / n))  # c / sqrt(m2_ref m2_e)
                 uf = u[ref]
                 inf = ue * uf

@@ -47,12 +47,34 @@ def _fmt(b: float) -> str:
 
 
 class Step:
-    __slots__ = ("mom", "q", "sob")
+    """The statistics of one (field, time step). `add(xs)` takes frames of the step; with a
+    `stage` (stats_stage) and no quantiles, the moments are staged and updated in blocks, and
+    reading `mom` applies what is staged first."""
+    __slots__ = ("_mom", "q", "sob", "stage")
 
-    def __init__(self, cells, cfg, p):
-        self.mom = StepMoments(cells, cfg.thresholds)
+    def __init__(self, cells, cfg, p, stage=None):
+        self._mom = StepMoments(cells, cfg.thresholds)
         self.q = StepQuantiles(cells, cfg.quantiles) if cfg.quantiles else None
         self.sob = StepSobol(cells, p) if cfg.sobol else None
+        self.stage = stage if self.q is None else None
+
+    @property
+    def mom(self) -> StepMoments:
+        if self.stage is not None and self._mom in self.stage:
+            self.stage.flush(self._mom)
+        return self._mom
+
+    def add(self, xs) -> None:
+        """Add frames (1-D arrays, views allowed: what is kept is copied). With quantiles, frame
+        by frame: each Robbins-Monro step uses the moments of the frames up to its own."""
+        if self.stage is not None:
+            self.stage.add(self._mom, xs)
+        elif self.q is None:
+            self._mom.update_block(xs)
+        else:
+            for x in xs:
+                self._mom.update(x)
+                self.q.update(x, self._mom)
 
 
 class Field:
@@ -67,6 +89,7 @@ class Field:
 # -- checkpoint section ----------------------------------------------------------------------------
 def state_dict(st) -> dict:
     """Everything needed to continue exactly: plain ints/floats/strings, lists and numpy arrays."""
+    st.stage.flush()
     fields = {}
     for name, fld in st.fields.items():
         seen = np.array(sorted(fld.seen), np.int64).reshape(-1, 2)
@@ -110,11 +133,12 @@ def load_state_dict(st, d: dict) -> None:
                              f"{d['config'][k]!r}: resume with the same [stats] section",
                              cfg[k])
     st.p = int(d["p"])
+    st.stage.drop()
     st.fields = {}
     for name, fd in d["fields"].items():
         fld = Field(name, tuple(int(s) for s in fd["shape"]), int(fd["p"]))
         for t, sd in fd["steps"].items():
-            s = Step(fld.cells, st.cfg, fld.p)
+            s = Step(fld.cells, st.cfg, fld.p, st.stage)
             s.mom.load_state_dict({k: _np(v) for k, v in sd["mom"].items()})
             if s.q is not None:
                 s.q.load_state_dict({k: _np(v) for k, v in sd["q"].items()})
@@ -126,7 +150,8 @@ def load_state_dict(st, d: dict) -> None:
             g, t = key.split(":")
             fld.pending[(int(g), int(t))] = {int(r): _np(a, np.float64) for r, a in m.items()}
         st.fields[name] = fld
-    st.counts = {k: int(v) for k, v in d["counts"].items()}
+    st.counts.update({k: int(v) for k, v in d["counts"].items()})
+    st.pieces = {}  # fields being assembled are not in the state (the simulation is re-run)
     st.reasons = {k: int(v) for k, v in d["reasons"].items()}
     st.memory_bytes = int(d["memory_bytes"])
     st.group_params = {int(g): {int(r): _np(a, np.float64) for r, a in m.items()}

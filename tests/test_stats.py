@@ -111,7 +111,7 @@ def test_memory_refused_with_the_figure_before_accumulating():
     st = Statistics(StatsConfig(**CFG, steps=100), report=msgs.append, free=lambda: 10_000)
     with pytest.raises(StatsMemoryError) as e:
         st.update(frames()[0])
-    per_cell = 7 + 1 + 2 * 2 + 2 * (2 + 2) + 4 * 2
+    per_cell = 7 + 1 + 1 + 2 * 2 + 2 * (2 + 2) + 4 * 2  # + 1: the uint8 exceedance counters
     assert e.value.need == 12 * 100 * per_cell * 8 and e.value.free == 10_000
     assert f"{12 * 100 * per_cell * 8}" in str(e.value) and "only" in str(e.value)
     assert "12 cells x 100 steps" in msgs[0]
@@ -134,15 +134,30 @@ def test_npz_is_documented_and_show_fits_one_screen(tmp_path):
     assert r.exit_code != 0 and "stats.npz not found" in r.output
 
 
-def test_a_piece_of_a_field_is_a_counted_rejection():
-    st = Statistics(StatsConfig())
-    piece = fr.Frame(0, 1, np.zeros(0), "T", np.ones((2, 4), np.float32), global_shape=(4, 4),
-                     offset=(0, 0))
-    assert not st.update(piece)
-    assert st.reasons == {"piece": 1} and not st.fields
-    whole = fr.Frame(1, 1, np.zeros(0), "T", np.ones((4, 4), np.float32), global_shape=(4, 4),
-                     offset=(0, 0))
-    assert st.update(whole) and st.fields["T"].shape == (4, 4)
+def test_pieces_of_a_field_enter_the_statistics_once_assembled():
+    st = Statistics(StatsConfig(thresholds=[7.5]))
+    whole = np.arange(16, dtype=np.float32).reshape(4, 4)
+
+    def piece(sid, rank, a=whole, rows=2):
+        return fr.Frame(sid, 1, np.zeros(0), "T", a[rows * rank:rows * (rank + 1)] + sid,
+                        global_shape=(4, 4), offset=(rows * rank, 0))
+    assert not st.update(piece(0, 1)) and not st.fields  # rows 2..3: waiting for rows 0..1
+    assert not st.update(piece(0, 1)) and st.counts["duplicates"] == 1  # the same piece again
+    assert st.update(piece(0, 0)) and st.fields["T"].shape == (4, 4)  # complete: it enters
+    assert not st.update(piece(0, 0)) and st.counts["duplicates"] == 2  # (sim 0, step 1) is in
+    st.update(piece(1, 0))
+    overlap = fr.Frame(1, 1, np.zeros(0), "T", np.ones((3, 4), np.float32), global_shape=(4, 4),
+                       offset=(1, 0))
+    assert not st.update(overlap) and st.reasons == {"piece": 1}  # counted, nothing lost
+    assert st.update(piece(1, 1))
+    st.update(piece(2, 0))  # sim 2 fails: its unfinished field is dropped, the restart resends it
+    st.update(fr.Frame(2, 0, np.zeros(0), "boom", np.zeros(0, np.float32), fr.SIM_FAILED))
+    assert not st.pieces
+    mom = st.fields["T"].steps[1].mom
+    assert mom.n == 2 and np.array_equal(mom.mean.reshape(4, 4), whole + 0.5)
+    want = ((whole > 7.5) * 1 + (whole + 1 > 7.5)) / 2
+    assert np.array_equal(mom.exceedance().reshape(4, 4), want)
+    assert st.counts["accepted"] == 2 and st.counts["pieces"] == 5 and st.counts["rejected"] == 1
 
 
 def test_ot_stats_bad_level_is_a_one_line_error(ring_name):

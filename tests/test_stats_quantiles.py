@@ -5,7 +5,7 @@ import pytest
 from onlinetrain import frame as fr
 from onlinetrain.config import ConfigError, StatsConfig
 from onlinetrain.stats import Statistics
-from onlinetrain.stats_quantiles import tolerance
+from onlinetrain.stats_quantiles import StepQuantiles, tolerance
 
 LEVELS = [0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99]
 
@@ -56,3 +56,23 @@ def test_tolerance_shrinks_with_n():
 def test_level_out_of_range_is_a_clear_error(bad):
     with pytest.raises(ConfigError, match=r"stats.quantiles.*strictly between 0 and 1"):
         StatsConfig(quantiles=bad)
+
+
+def test_update_in_blocks_of_cells_equals_one_block(monkeypatch):
+    """StepQuantiles.update walks the cells in blocks of CHUNK: bit-identical to one block."""
+    from onlinetrain import stats_quantiles
+    from onlinetrain.stats_moments import StepMoments
+    cells = 2 * stats_quantiles.CHUNK + 5
+    xs = np.random.default_rng(6).lognormal(0, 1, (40, cells)).astype(np.float32)
+
+    def run():
+        m, q = StepMoments(cells), StepQuantiles(cells, [0.1, 0.5, 0.9])
+        for x in xs:
+            m.update(x)
+            q.update(x, m)
+        return q
+    blocks = run()
+    monkeypatch.setattr(stats_quantiles, "CHUNK", 10 ** 9)
+    one = run()
+    assert np.array_equal(blocks.q, one.q) and np.array_equal(blocks.avg, one.avg)
+    assert np.all(blocks.avg[0] < blocks.avg[2])  # the 0.1 level below the 0.9 one, every cell

@@ -6,6 +6,7 @@ from onlinetrain import frame as fr
 from onlinetrain.config import StatsConfig
 from onlinetrain.sampler import pick_freeze
 from onlinetrain.stats import Statistics
+from onlinetrain.stats_sobol import StepSobol
 
 from stats_models import G_A, gfun, gfun_indices, ishigami, ishigami_indices
 
@@ -95,3 +96,20 @@ def test_second_order_layout_uses_2p_plus_2_rows():
         x = np.asarray(row["params"])
         st.update(fr.Frame(row["id"], 1, x, "y", np.array([ishigami(x)])))
     assert st.group_counts()["complete"] == 5 and not st.groups_rejected
+
+
+def test_update_in_blocks_of_cells_equals_one_block(monkeypatch):
+    """StepSobol.update walks the cells in blocks of CHUNK: bit-identical to one block."""
+    from onlinetrain import stats_sobol
+    cells, p = 2 * stats_sobol.CHUNK + 5, 3
+    ys = np.random.default_rng(5).normal(0, 1, (12, p + 2, cells)) ** 3
+    blocks = StepSobol(cells, p)
+    for y in ys:
+        blocks.update(y.copy())
+    monkeypatch.setattr(stats_sobol, "CHUNK", 10 ** 9)
+    one = StepSobol(cells, p)
+    for y in ys:
+        one.update(y.copy())
+    a, b = blocks.state_dict(), one.state_dict()
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert np.isfinite(a["qb"]).all() and (a["qb"] > 0).any()
