@@ -61,9 +61,15 @@ def _run(tmp_path, name, receiver, sims=40):
     return summary, np.load(tmp_path / receiver / "arrivals.npy")
 
 
+def _is_rx(p) -> bool:
+    try:
+        return any("onlinetrain.rxproc" in a for a in p.cmdline())
+    except psutil.Error:  # gone, or a zombie
+        return False
+
+
 def _rx_children():
-    return [p for p in psutil.Process().children(recursive=True)
-            if any("onlinetrain.rxproc" in a for a in p.cmdline())]
+    return [p for p in psutil.Process().children(recursive=True) if _is_rx(p)]
 
 
 @pytest.mark.timeout(240)
@@ -135,11 +141,10 @@ def test_a_killed_trainer_takes_its_receiving_process_and_rings_with_it(tmp_path
     th = threading.Thread(target=_produce, args=(ring_name, 10 ** 6, stop), daemon=True)
     th.start()
     try:
-        assert wait_until(lambda: any("onlinetrain.rxproc" in " ".join(c.cmdline())
-                                      for c in psutil.Process(tr.pid).children()), 60)
-        child = [c for c in psutil.Process(tr.pid).children()
-                 if "onlinetrain.rxproc" in " ".join(c.cmdline())][0]
+        assert wait_until(lambda: any(_is_rx(c) for c in psutil.Process(tr.pid).children()), 60)
+        child = [c for c in psutil.Process(tr.pid).children() if _is_rx(c)][0]
         assert wait_until(lambda: (tmp_path / "o" / "metrics.jsonl").exists(), 90)
+        assert wait_until(lambda: os.path.exists(segment_path(ring_name)), 60)  # data flows
         tr.send_signal(signal.SIGKILL)  # the trainer alone, not its receiver's process group
         tr.wait(30)
         assert wait_until(lambda: not child.is_running() or
