@@ -43,6 +43,7 @@ from .shm_segment import Empty, clean_stale
 log = logging.getLogger(__name__)
 STATE_TIMEOUT_S = 120.0  # a checkpoint waits this long for the receiving process's state
 FINAL_TIMEOUT_S = 60.0  # a stop waits this long for its final state
+IDLE_S = 0.01  # the feeder's poll period when nothing is waiting (each message holds ~256 rows)
 
 
 class ReceiverProcessError(OTError, RuntimeError):
@@ -272,24 +273,24 @@ class RemoteReceiver:
     def _feed(self) -> None:
         try:
             while not self._final:
-                try:
-                    frames = self.ring.get_many(64, timeout=0.2)
+                try:  # no spinning here: the GIL belongs to the training loop
+                    frames = self.ring.get_many(64, timeout=0)
                 except Empty:
-                    if self.proc.poll() is not None:
-                        try:  # what it sent before it exited
-                            frames = self.ring.get_many(64, timeout=0.2)
-                        except Empty:
-                            raise ReceiverProcessError(
-                                f"the receiving process (pid {self.proc.pid}) exited "
-                                f"({procs.describe_exit(self.proc.returncode)}) without its "
-                                f"final state; its log is above", self.proc.returncode) from None
-                    else:
+                    if self.proc.poll() is None:
+                        time.sleep(IDLE_S)
                         continue
+                    try:  # what it sent before it exited
+                        frames = self.ring.get_many(64, timeout=0.2)
+                    except Empty:
+                        raise ReceiverProcessError(
+                            f"the receiving process (pid {self.proc.pid}) exited "
+                            f"({procs.describe_exit(self.proc.returncode)}) without its "
+                            f"final state; its log is above", self.proc.returncode) from None
                 for f in frames:
                     self._apply(f)
                 self._settle()
                 if len(frames) < 8 and not self._final and not self._sync.is_set():
-                    time.sleep(0.02)  # a trickle: let rows gather (the GIL stays free)
+                    time.sleep(IDLE_S)  # a trickle: let rows gather (the GIL stays free)
         except BaseException as e:  # noqa: BLE001 - surfaced by the training loop
             self.error = self.error or e
         finally:
