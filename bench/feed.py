@@ -134,6 +134,17 @@ class _Stop:
 PRODUCER = {"exe": None}  # --producer c: the built bench/c/feed_producer.c
 
 
+def use_c_producer() -> None:
+    """Build bench/c/feed_producer.c with the C client's flags; the paced producers use it."""
+    from onlinetrain import clientflags  # noqa: PLC0415
+    cflags, libs = clientflags.flags()
+    exe = os.path.join(tempfile.mkdtemp(prefix="ot-feed-"), "feed_producer")
+    subprocess.run(["cc", "-std=c11", "-O2", *cflags, os.path.join(
+        os.path.dirname(os.path.abspath(__file__)), "c", "feed_producer.c"), "-o", exe, *libs],
+        check=True)
+    PRODUCER["exe"] = exe
+
+
 def _start_producer(name, side, rate, fill, seconds, python=False):
     if PRODUCER["exe"] is not None and not python:
         pr = _CProducer(PRODUCER["exe"], name, side, rate, fill, seconds)
@@ -334,13 +345,7 @@ def main(argv=None):
                     help="the paced producers: the C client (as a solver) or Python put_many")
     a = ap.parse_args(argv)
     if a.producer == "c":
-        from onlinetrain import clientflags  # noqa: PLC0415
-        cflags, libs = clientflags.flags()
-        exe = os.path.join(tempfile.mkdtemp(prefix="ot-feed-"), "feed_producer")
-        subprocess.run(["cc", "-std=c11", "-O2", *cflags, os.path.join(
-            os.path.dirname(os.path.abspath(__file__)), "c", "feed_producer.c"), "-o", exe,
-            *libs], check=True)
-        PRODUCER["exe"] = exe
+        use_c_producer()
     DEVICE.update({"train.device": a.device, "train.threads": a.threads,
                    "train.receiver": a.receiver})
     if a.gil_probe:

@@ -114,12 +114,13 @@ def train_ratio(seconds: float) -> dict:
     import uuid  # noqa: PLC0415
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # spawned producers import it
     import feed  # noqa: PLC0415
+    feed.use_c_producer()  # as bench/feed.py: the C client, as a solver sends
     tag = uuid.uuid4().hex[:8]
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
         for arm, extra in (("off", {}), ("on", {"stats.thresholds": [300.0, 330.0],
                                                 "stats.quantiles": [0.5]})):
-            cfg = feed._cfg(os.path.join(tmp, arm), **extra)
+            cfg = feed._cfg(os.path.join(tmp, arm), **{"channel.ring_mb": 1, **extra})
             out[arm] = feed.train_arm(cfg, f"st_{tag}_{arm}", 4, 20_000, 2000, seconds)
     return out
 
