@@ -15,7 +15,7 @@ import pytest
 from onlinetrain import config
 from onlinetrain import frame as fr
 from onlinetrain.rxproc import pack_rows, unpack_rows
-from onlinetrain.shm_channel import RingProducer, segment_path
+from onlinetrain.shm_channel import ConsumerGone, RingProducer, segment_path
 from onlinetrain.trainer import TrainError, remote_receiver, train
 
 from conftest import ROOT, wait_until
@@ -40,7 +40,15 @@ def _cfg(out, name, receiver, **kw):
 
 
 def _produce(name, sims, stop=None):
-    """sims simulations of STEPS 3x3 steps each, their SIM_END, then STREAM_END (a thread)."""
+    """sims simulations of STEPS 3x3 steps each, their SIM_END, then STREAM_END (a thread); it
+    ends quietly when the consumer goes away (the crash tests kill it)."""
+    try:
+        _send(name, sims, stop)
+    except ConsumerGone:
+        pass
+
+
+def _send(name, sims, stop):
     with RingProducer.attach(name, timeout=180) as p:  # a loaded machine starts slowly
         for s in range(sims):
             params = np.array([300.0 + s, 310.0, 290.0, 305.0, 295.0])
@@ -116,6 +124,8 @@ def test_a_killed_receiving_process_is_one_clear_error(tmp_path, ring_name):
     t.start()
     assert wait_until(lambda: _rx_children(), 60)
     assert wait_until(lambda: (tmp_path / "metrics.jsonl").exists(), 60)  # it trains
+    assert wait_until(lambda: os.path.exists(segment_path(ring_name)), 60)  # and data flows
+    time.sleep(1)
     _rx_children()[0].send_signal(signal.SIGKILL)
     t.join(120)
     stop.set()
