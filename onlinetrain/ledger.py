@@ -29,23 +29,23 @@ naming the file; a corrupt line anywhere else is a LedgerError naming the file a
     led.counts()                                # {"pending": .., "running": .., "done": .., ...}
     led.end("train.max_batches reached")        # the rest is stopped; nothing more is claimed
 
-Workers write a heartbeat file `workers/<host>-<pid>.json` (study.Heartbeat); a running set whose
-worker is gone (same host: its pid is dead; other host: heartbeat older than worker_timeout) is
-released by the next worker that looks (`reclaim`).
+Workers write a heartbeat file `workers/<host>-<pid>.json` (study.Heartbeat; liveness tests in
+workers.py); a running set whose worker is gone (same host: its pid is dead; other host: heartbeat
+older than worker_timeout) is released by the next worker that looks (`reclaim`).
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
-import socket
 import time
 from pathlib import Path
 
-import psutil
 from filelock import FileLock, Timeout
 
 from .errors import OTError
+from .workers import (HOST, WORKERS, _pstart, heartbeat_path,  # noqa: F401 (re-exported)
+                      read_heartbeat, worker_alive, worker_id)
 
 log = logging.getLogger(__name__)
 PENDING, RUNNING, DONE, FAILED, STOPPED = "pending", "running", "done", "failed", "stopped"
@@ -54,36 +54,13 @@ ENDED = (DONE, FAILED, STOPPED)
 LEDGER_VERSION = 3
 _EVENTS = ("add", "claim", "start", "restart", "done", "fail", "release", "stop", "breed")
 _STUDY_EVENTS = ("ledger", "end", "reopen", "trainer", "job", "generation")
-LEDGER, WORKERS = "ledger.jsonl", "workers"
+LEDGER = "ledger.jsonl"
 
 
 class LedgerError(OTError, RuntimeError):
     def __init__(self, message: str, path=None, value=None):
         super().__init__(message)
         self.path, self.value = path, value
-
-
-def _pstart(pid: int) -> float:
-    try:
-        return psutil.Process(pid).create_time()
-    except psutil.Error:
-        return 0.0
-
-
-HOST = socket.gethostname()
-
-
-def worker_id(pid: int | None = None) -> str:
-    return f"{HOST}:{pid or os.getpid()}"
-
-
-def _alive_local(pid: int, start: float) -> bool:
-    try:
-        p = psutil.Process(pid)
-        same = not start or abs(p.create_time() - start) < 1  # not a reused pid
-        return p.status() != psutil.STATUS_ZOMBIE and same
-    except psutil.Error:
-        return False
 
 
 class Ledger:
@@ -387,24 +364,3 @@ class Ledger:
         with self._locked():
             self._sync()
             self._reclaim(worker_timeout)
-
-
-def heartbeat_path(study_dir, worker: str) -> Path:
-    return Path(study_dir) / WORKERS / (worker.replace(":", "-") + ".json")
-
-
-def read_heartbeat(path) -> dict | None:
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def worker_alive(study_dir, worker: str, pstart: float, worker_timeout: float,
-                 claimed_at: float) -> bool:
-    host, _, pid = worker.rpartition(":")
-    if host == HOST:
-        return _alive_local(int(pid), pstart)
-    hb = read_heartbeat(heartbeat_path(study_dir, worker))
-    last = hb["t"] if hb and isinstance(hb.get("t"), (int, float)) else claimed_at
-    return time.time() - last <= worker_timeout

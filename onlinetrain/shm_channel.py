@@ -36,6 +36,7 @@ from errno import EBUSY
 import numpy as np
 
 from . import frame as fr
+from .frame_codec import Encoder
 from .shm_consumer import RingConsumer, RingFrame
 from .shm_segment import (C_CLOSED, C_READ, C_SEQ, C_WRITE, COMMITTED, PAD, S_LEN, SLOT,
                           SLOT_HDR, WRITING, Backoff, ChannelError, ChannelInUse, ChannelNotFound,
@@ -79,7 +80,7 @@ class RingProducer:
         self.pid = os.getpid()
         self.ptime = f2u(proc_start(self.pid))
         self.producer_id = int.from_bytes(os.urandom(7), "little")
-        self._enc = fr.Encoder()
+        self._enc = Encoder()
         self._last = (None,) * 12 + ((None, None, None),)  # the previous frame's (see _layout)
         self._limit = 0  # read_pos + capacity as last seen (a lower bound of the true one)
         self._next_check = time.monotonic() + CONSUMER_CHECK_S

@@ -14,6 +14,7 @@ import os
 import time
 
 from . import frame as fr
+from .frame_codec import Decoder
 from .shm_segment import (C_ABANDONED, C_CLOSED, C_READ, C_REJECTED, C_WRITE, COMMITTED, CTL_SIZE,
                           PAD, S_PID, S_PTIME, S_SEQ, SLOT_HDR, WRITING, Backoff, ChannelError,
                           Empty, alive, create_segment, segment_path, u2f)
@@ -45,7 +46,7 @@ class RingConsumer:
         self._pos = seg.ctl[C_READ]  # next slot to read (may run ahead of read_pos)
         self._pending: collections.deque = collections.deque()  # [end_pos, released] in order
         self._stall: dict[int, float] = {}
-        self._dec = fr.Decoder()
+        self._dec = Decoder()
         self.rejected = 0
 
     @classmethod

@@ -35,6 +35,7 @@ import numpy as np
 
 from . import auth
 from . import frame as fr
+from .frame_codec import Decoder
 from .shm_channel import ChannelError, Empty
 from .tcp_pool import POOL_MIN, BufferPool, TcpFrame
 from .tcp_producer import _tune
@@ -205,7 +206,7 @@ class TcpConsumer:
         fmv = memoryview(fixed)
         poller = select.poll()
         poller.register(conn, select.POLLIN)
-        dec = fr.Decoder()  # one per connection: a producer's frames share their header
+        dec = Decoder()  # one per connection: a producer's frames share their header
         while not self.closed:
             got = _recv_into(conn, fmv)
             if got == 0:

@@ -15,6 +15,7 @@ import numpy as np
 
 from . import auth
 from . import frame as fr
+from .frame_codec import Encoder
 from .shm_channel import ChannelError, ChannelNotFound, ConsumerGone, Full
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ class TcpProducer:
         self.sock: socket.socket | None = None
         self.reconnects = 0
         self.closed = False
-        self._enc = fr.Encoder()  # header bytes cached per kind/dtype/shape/params/name
+        self._enc = Encoder()  # header bytes cached per kind/dtype/shape/params/name
 
     @classmethod
     def connect(cls, host: str, port: int, timeout: float = 30.0, token=None, token_file=None,

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from onlinetrain import frame as fr
+from onlinetrain.frame_codec import Decoder
 from onlinetrain.shm_channel import SLOT_HDR, RingConsumer, RingProducer
 
 FIELDS = [(4, "H"), (6, "H"), (8, "B"), (9, "B"), (10, "B"), (11, "B"), (12, "I"), (32, "Q"),
@@ -81,7 +82,7 @@ def _check(fn):
 @pytest.mark.timeout(120)
 def test_ten_thousand_fuzzed_frames_decode_or_fail_cleanly():
     rng = np.random.default_rng(1234)
-    dec = fr.Decoder()
+    dec = Decoder()
     ok = bad = 0
     for _ in range(10_000):
         buf = _mutate(_valid(rng), rng)
@@ -118,7 +119,7 @@ def test_decoder_primed_with_a_good_frame_agrees_with_decode_on_every_byte_flip(
                 b = bytearray(good)
                 b[pos] = val
                 for n in (len(b), len(b) - 1):
-                    dec = fr.Decoder()
+                    dec = Decoder()
                     dec.decode_at(good, 0, len(good))  # primes the fast path
                     cut = bytes(b[:n])
                     try:
@@ -137,7 +138,7 @@ def test_decoder_primed_with_a_good_frame_agrees_with_decode_on_every_byte_flip(
                     assert want is None or _same(want, got), (f, pos, val, n)
     assert cases > 1000 and fast > 100  # the fast path was really taken
     good = fr.encode(frames[0])
-    dec = fr.Decoder()
+    dec = Decoder()
     dec.decode_at(good, 0, len(good))
     with pytest.raises(fr.FrameError):  # the header matches, but the buffer is short of `length`
         dec.decode_at(good[:-8], 0, len(good))
@@ -202,7 +203,7 @@ def test_piece_with_metadata_built_by_hand_from_the_documented_layout_decodes():
     f = fr.decode(bytes(buf) + payload)
     assert (f.global_shape, f.offset, f.meta, f.array.shape) == (gshape, offset, meta, shape)
     assert bytes(buf) == fr.encode_header(f)
-    assert fr.Decoder().decode_at(bytes(buf) + payload, 0, len(buf) + len(payload)).meta == meta
+    assert Decoder().decode_at(bytes(buf) + payload, 0, len(buf) + len(payload)).meta == meta
 
 
 def test_sim_end_counts_built_by_hand_decode():
@@ -226,7 +227,7 @@ def test_sim_end_counts_built_by_hand_decode():
 def test_version_1_frame_is_a_clear_error():
     buf = bytearray(fr.encode(fr.Frame(1, 2, array=np.zeros(3, np.float32))))
     struct.pack_into("<H", buf, 4, 1)
-    for dec in (lambda: fr.decode(bytes(buf)), lambda: fr.Decoder().decode_at(bytes(buf), 0, len(buf))):
+    for dec in (lambda: fr.decode(bytes(buf)), lambda: Decoder().decode_at(bytes(buf), 0, len(buf))):
         with pytest.raises(fr.FrameError, match="frame version 1 is not supported .* speaks 2") as e:
             dec()
         assert e.value.value == 1
