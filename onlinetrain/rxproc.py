@@ -54,6 +54,17 @@ def pack_rows(x: np.ndarray, y: np.ndarray, keys: np.ndarray) -> np.ndarray:
     return rows
 
 
+def rows_frame(name: str, x: np.ndarray, y: np.ndarray, keys: np.ndarray) -> fr.Frame:
+    """A `b` or `v` message: the rows packed, dx in time_step, dy in sim_id."""
+    return fr.Frame(int(y.shape[1]), int(x.shape[1]), name=name, array=pack_rows(x, y, keys))
+
+
+def state_frame(seq: int, path: str | None, final: bool, error: str | None) -> fr.Frame:
+    """A `state` message: where the state file is (None: none was written) and what went wrong."""
+    meta = json.dumps({"seq": seq, "path": path, "final": final, "error": error}).encode()
+    return fr.Frame(0, 0, name=STATE, meta=meta)
+
+
 def unpack_rows(f: fr.Frame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The inverse of pack_rows for a `b` or `v` frame; refuses a frame of another layout."""
     a, dx, dy = f.array, f.time_step, f.sim_id
@@ -75,8 +86,7 @@ class _Sink:
         if n == 0:
             return 0
         try:
-            self.prod.put(fr.Frame(int(y.shape[1]), int(x.shape[1]), name=ROWS,
-                                   array=pack_rows(x, y, keys)), timeout=timeout)
+            self.prod.put(rows_frame(ROWS, x, y, keys), timeout=timeout)
         except Full:
             return 0
         return n
@@ -97,8 +107,7 @@ class ChildReceiver(Receiver):
         self._last: dict = {}
 
     def _keep_val(self, xs, ys, keys) -> None:
-        self.prod.put(fr.Frame(int(ys.shape[1]), int(xs.shape[1]), name=VAL,
-                               array=pack_rows(xs, ys, keys)), timeout=None)
+        self.prod.put(rows_frame(VAL, xs, ys, keys), timeout=None)
 
     def handle_batch(self, frames) -> None:
         super().handle_batch(frames)
@@ -148,8 +157,7 @@ def _write_state(rx: ChildReceiver, directory: str, seq: int, final: bool) -> No
             os.replace(path + ".tmp", path)
         except Exception as e:  # noqa: BLE001 - reported to the trainer, which raises it
             path, err = None, err or f"cannot write the receiver's state: {e}"
-        meta = json.dumps({"seq": seq, "path": path, "final": final, "error": err}).encode()
-        rx.prod.put(fr.Frame(0, 0, name=STATE, meta=meta), timeout=None)
+        rx.prod.put(state_frame(seq, path, final, err), timeout=None)
 
 
 def _control(rx: ChildReceiver, directory: str) -> None:
@@ -225,10 +233,8 @@ def main(argv=None) -> int:
     except BaseException as e:  # noqa: BLE001 - the trainer must hear why
         log.error("receiving process failed: %s: %s", type(e).__name__, e)
         try:
-            meta = json.dumps({"seq": -1, "path": None, "final": True,
-                               "error": f"{type(e).__name__}: {e}"}).encode()
             if prod is not None:
-                prod.put(fr.Frame(0, 0, name=STATE, meta=meta), timeout=5)
+                prod.put(state_frame(-1, None, True, f"{type(e).__name__}: {e}"), timeout=5)
         except Exception:  # noqa: BLE001 - the trainer sees the process exit instead
             pass
         return 1

@@ -35,7 +35,7 @@ import numpy as np
 from . import frame as fr
 from . import procs
 from .errors import OTError
-from .receiver import _t, fully_received
+from .receiver import Receiver, _t, fully_received
 from .rxproc import END, META, ROWS, STATE, VAL, unpack_rows
 from .shm_consumer import RingConsumer
 from .shm_segment import Empty, clean_stale
@@ -135,10 +135,7 @@ class RemoteReceiver:
                                    np.zeros((0, 2), np.int64))
             return self._vsnap
 
-    @property
-    def val(self) -> dict:
-        x, y, k = self.val_arrays()
-        return {(int(a), int(b)): (x[i], y[i]) for i, (a, b) in enumerate(k)}
+    val = Receiver.val  # the same snapshot dict, from this class's val_arrays()
 
     # --- start, stop -------------------------------------------------------------------------
     def start(self) -> None:

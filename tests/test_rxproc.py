@@ -14,7 +14,7 @@ import pytest
 
 from onlinetrain import config
 from onlinetrain import frame as fr
-from onlinetrain.rxproc import pack_rows, unpack_rows
+from onlinetrain.rxproc import pack_rows, rows_frame, unpack_rows
 from onlinetrain.shm_channel import ConsumerGone, RingProducer, segment_path
 from onlinetrain.trainer import TrainError, remote_receiver, train
 
@@ -172,7 +172,7 @@ def test_rows_round_trip_and_a_bad_layout_is_refused():
     rng = np.random.default_rng(0)
     x, y = rng.random((5, 3), np.float32), rng.random((5, 2), np.float32)
     keys = np.array([[i, -i - (1 << 40)] for i in range(5)], np.int64)
-    f = fr.decode(fr.encode(fr.Frame(2, 3, name="b", array=pack_rows(x, y, keys))))
+    f = fr.decode(fr.encode(rows_frame("b", x, y, keys)))
     x2, y2, k2 = unpack_rows(f)
     np.testing.assert_array_equal(x2, x)
     np.testing.assert_array_equal(y2, y)
