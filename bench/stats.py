@@ -16,7 +16,8 @@ quantiles_over_memory: the same with 3 quantile levels added; sobol_over_memory:
 frames arriving as pick-freeze groups of p = 5 (7 frames a group).
 train_with_stats_over_without: trainer samples/s with [stats] on (2 thresholds, 1 quantile level)
 against off, the same run length: bench/feed.py's "ingest" arm (the real train() on a shm ring, a
-producer process sending 4x4 float32 heat2d-like frames paced at 20,000 frames/s).
+producer process sending 4x4 float32 heat2d-like frames paced at 20,000 frames/s), run off, on,
+on, off. small_frame_us: the statistics' CPU cost per 4x4 frame in update_many (stats_rows).
 
 Times are process CPU times (time.process_time), best of several runs: on a machine shared with
 other work, wall time charges a long update for the time slices other processes took, and a short
@@ -106,8 +107,35 @@ def measure(cells: int, n: int, reps: int) -> dict:
             "quantiles_fps": n / t_q, "sobol_fps": n / t_s}
 
 
+def small_frames_us(quantiles) -> dict:
+    """CPU us per 4x4 frame of Statistics.update_many (2 thresholds), batches of 256 as get_many
+    brings them: 'sims' (each simulation's steps in turn: the steps of a batch are updated
+    together, stats_rows) and 'lockstep' (200 simulations at the same step: each step's frames
+    one after the other). Best of 3."""
+    rng = np.random.default_rng(0)
+    x = (rng.random((200, 100, 16)) * 100 + 250).astype(np.float32)
+    out = {}
+    for layout in ("sims", "lockstep"):
+        pairs = [(s, t) for s in range(200) for t in range(100)] if layout == "sims" else \
+            [(s, t) for t in range(100) for s in range(200)]
+        fs = [fr.Frame(s, t, np.zeros(0), "T", x[s, t]) for s, t in pairs]
+        best = float("inf")
+        for _ in range(3):
+            st = Statistics(StatsConfig(thresholds=[300.0, 330.0], quantiles=quantiles),
+                            steps_hint=100, report=lambda m: None)
+            t = time.process_time()
+            for i in range(0, len(fs), 256):
+                st.update_many(fs[i:i + 256])
+            st.flush()
+            best = min(best, time.process_time() - t)
+        out[layout] = best / len(fs) * 1e6
+    return out
+
+
 def train_ratio(seconds: float) -> dict:
-    """bench/feed.py's ingest arm with [stats] off, then on."""
+    """bench/feed.py's ingest arm with [stats] off and on, in the order off, on, on, off (a drift
+    of the machine over the run weighs on both arms alike); each arm's rates are the means of its
+    two runs."""
     import os  # noqa: PLC0415
     import sys  # noqa: PLC0415
     import tempfile  # noqa: PLC0415
@@ -116,13 +144,15 @@ def train_ratio(seconds: float) -> dict:
     import feed  # noqa: PLC0415
     feed.use_c_producer()  # as bench/feed.py: the C client, as a solver sends
     tag = uuid.uuid4().hex[:8]
-    out = {}
+    runs: dict[str, list] = {"off": [], "on": []}
     with tempfile.TemporaryDirectory() as tmp:
-        for arm, extra in (("off", {}), ("on", {"stats.thresholds": [300.0, 330.0],
-                                                "stats.quantiles": [0.5]})):
-            cfg = feed._cfg(os.path.join(tmp, arm), **{"channel.ring_mb": 1, **extra})
-            out[arm] = feed.train_arm(cfg, f"st_{tag}_{arm}", 4, 20_000, 2000, seconds)
-    return out
+        for i, arm in enumerate(("off", "on", "on", "off")):
+            extra = {"stats.thresholds": [300.0, 330.0], "stats.quantiles": [0.5]} \
+                if arm == "on" else {}
+            cfg = feed._cfg(os.path.join(tmp, f"{arm}{i}"), **{"channel.ring_mb": 1, **extra})
+            runs[arm].append(feed.train_arm(cfg, f"st_{tag}_{arm}{i}", 4, 20_000, 2000, seconds))
+    return {arm: {k: float(np.mean([r[k] for r in rs])) for k in rs[0]} | {"runs": rs}
+            for arm, rs in runs.items()}
 
 
 def main():
@@ -142,10 +172,15 @@ def main():
               f"{r['batched_fps']:>10.0f} {r['batched_fps'] / m:>6.3f} "
               f"{r['quantiles_fps']:>13.0f} {r['quantiles_fps'] / m:>6.3f} {r['sobol_fps']:>9.0f} "
               f"{r['sobol_fps'] / m:>6.3f}")
+    small = {"moments": small_frames_us([]), "quantile": small_frames_us([0.5])}
+    for what, v in small.items():
+        print(f"4x4 frames, update_many, {what:>8}: {v['sims']:.1f} us/frame (simulations in "
+              f"turn), {v['lockstep']:.1f} us/frame (200 in lockstep)")
     tr = None if args.no_train else train_ratio(4.0 if args.quick else 15.0)
     if tr:
         for arm, v in tr.items():
-            print(f"train, [stats] {arm:>3}: {v['samples_per_s']:.0f} samples/s, "
+            each = ", ".join(f"{r['samples_per_s']:.0f}" for r in v["runs"])
+            print(f"train, [stats] {arm:>3}: {v['samples_per_s']:.0f} samples/s (runs: {each}), "
                   f"{v['frames_per_s']:.0f} frames/s adapted")
     big = rows[-1]
     m = big["memory_fps"]
@@ -161,7 +196,8 @@ def main():
         "train_with_stats_over_without": None if not tr else
         round(tr["on"]["samples_per_s"] / tr["off"]["samples_per_s"], 4),
         "ingest_with_stats_over_without": None if not tr else
-        round(tr["on"]["frames_per_s"] / max(tr["off"]["frames_per_s"], 1e-9), 4)}))
+        round(tr["on"]["frames_per_s"] / max(tr["off"]["frames_per_s"], 1e-9), 4),
+        "small_frame_us": {w: {k: round(u, 2) for k, u in v.items()} for w, v in small.items()}}))
 
 
 if __name__ == "__main__":

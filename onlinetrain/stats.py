@@ -22,7 +22,8 @@ SIM_FAILED drops its simulation's unfinished fields (the restart sends every pie
 
 Memory: cells x steps x (7 + thresholds + ceil(thresholds / 8) + 2 quantile levels [+ 2(p+2) + 4p
 with sobol]) x 8 bytes, plus the frames of groups in flight, the fields being assembled from
-pieces and, without quantiles, up to stats_stage.STAGE_BYTES of frames staged for block updates.
+pieces and, without quantiles, up to stats_stage.STAGE_BYTES of frames staged for block updates
+(and up to 8 MiB of small fields' frames, staged to be updated over time steps: stats_rows).
 It is reported at a field's first frame, and refused (StatsMemoryError, before anything is
 accumulated) when it exceeds the free memory (psutil).
 """
@@ -101,17 +102,29 @@ class Statistics:
         return True
 
     def update_many(self, frames) -> int:
-        """Account for a batch of frames (e.g. one get_many): the frames of one (field, time step)
-        go to its Step together (with the staged ones, the moments' state is read and written once
-        for all of them). Returns the frames accepted."""
+        """Account for a batch of frames (e.g. one get_many). The frames of small fields are
+        staged together and updated over time steps (stats_stage, stats_rows); the frames of one
+        (field, time step) of a larger field go to its Step together (staged without quantiles: the
+        moments' state is read and written once for all of them). Returns the frames accepted."""
+        small_steps, small_xs = [], []
         blocks: dict[int, tuple] = {}
+        n = 0
         for f in frames:
             got = self._accept(f)
-            if got is not None:
-                blocks.setdefault(id(got[0]), (got[0], []))[1].append(got[1])
+            if got is None:
+                continue
+            n += 1
+            step, x = got
+            if step.rows is not None:
+                small_steps.append(step)
+                small_xs.append(x)
+            else:
+                blocks.setdefault(id(step), (step, []))[1].append(x)
+        if small_steps:
+            self.stage.add_small(small_steps, small_xs)
         for step, xs in blocks.values():
             step.add(xs)
-        return sum(len(xs) for _, xs in blocks.values())
+        return n
 
     def flush(self) -> None:
         """Apply the staged frames (stats_stage); every result and the state do it first."""
@@ -119,29 +132,21 @@ class Statistics:
 
     def _accept(self, f):
         """Checks and accounting of one frame; (step, values) when they enter the statistics."""
-        self.counts["frames"] += 1
-        if f.kind == fr.STREAM_END:
-            self.counts["stream_ends"] += 1
-            return None
-        if f.kind == fr.SIM_END:
-            self.sims_done.add(f.sim_id)
-            self.sims_failed.pop(f.sim_id, None)  # failed, restarted, finished
-            return None
-        if f.kind == fr.SIM_FAILED:
-            if f.sim_id not in self.sims_done:
-                self.sims_failed[f.sim_id] = f.name
-            for k in [k for k in self.pieces if k[1] == f.sim_id]:
-                del self.pieces[k]  # a restarted simulation sends every piece again
-            return None
+        counts = self.counts
+        counts["frames"] += 1
+        if f.kind != fr.DATA:
+            return self._control(f)
         name = f.name
         if self.cfg.fields and name not in self.cfg.fields:
-            self.counts["other_fields"] += 1
+            counts["other_fields"] += 1
             return None
         key = (int(f.sim_id), int(f.time_step))
-        arr = np.asarray(f.array)
+        arr = f.array
+        if type(arr) is not np.ndarray:
+            arr = np.asarray(arr)
         fld = self.fields.get(name)
         if fld is not None and key in fld.seen:
-            self.counts["duplicates"] += 1
+            counts["duplicates"] += 1
             return None
         gshape = getattr(f, "global_shape", None)
         if gshape is not None and tuple(gshape) != arr.shape:  # a piece (one MPI rank's part)
@@ -158,15 +163,29 @@ class Statistics:
         x = arr.reshape(-1)
         step = fld.steps.get(key[1])
         if step is None:
-            step = fld.steps[key[1]] = Step(fld.cells, self.cfg, fld.p, self.stage)
+            step = fld.new_step(key[1], self.cfg, self.stage)
             if self.steps_hint and len(fld.steps) == self.steps_hint + 1:
                 log.warning("field %r: more time steps than the %d the memory figure assumed",
                             name, self.steps_hint)
         fld.seen.add(key)
         if in_group:
             self._sobol_member(fld, step, key, x)
-        self.counts["accepted"] += 1
+        counts["accepted"] += 1
         return step, x
+
+    def _control(self, f) -> None:
+        """A frame that is not data: the stream's or a simulation's end, a failure."""
+        if f.kind == fr.STREAM_END:
+            self.counts["stream_ends"] += 1
+        elif f.kind == fr.SIM_END:
+            self.sims_done.add(f.sim_id)
+            self.sims_failed.pop(f.sim_id, None)  # failed, restarted, finished
+        elif f.kind == fr.SIM_FAILED:
+            if f.sim_id not in self.sims_done:
+                self.sims_failed[f.sim_id] = f.name
+            for k in [k for k in self.pieces if k[1] == f.sim_id]:
+                del self.pieces[k]  # a restarted simulation sends every piece again
+        return None
 
     def _join(self, f, key):
         """The whole field once the last of its pieces arrived (onlinetrain.assembly.Piece), else
@@ -196,7 +215,7 @@ class Statistics:
             if p == 0:
                 raise StatsError(f"field {f.name!r}: stats.sobol is on but frames carry no "
                                  f"parameters; set stats.n_params", f.name)
-        fld = Field(f.name, arr.shape, p)
+        fld = Field(f.name, arr.shape, p, self.steps_hint)
         steps = self.steps_hint or 1
         need = fld.cells * steps * self.floats_per_cell(p) * 8
         staged = 0 if self.cfg.quantiles else min(  # stats_stage: frames held for block updates

@@ -29,9 +29,9 @@ import threading
 
 import numpy as np
 
+from .stats_rows import FIRST_FOLD, FOLD, MomentRows
+
 CHUNK = 16384  # cells per block: the temporaries of a block (6 x 128 KiB) stay in L2/L3
-FIRST_FOLD = 8  # the shift k (the first sample) moves to the mean once n reaches FIRST_FOLD,
-FOLD = 64  # then every FOLD samples (a fold costs about one frame's update)
 MAX_BLOCK = 32  # samples added per pass over the cells by update_block
 PENDING_MAX = 255  # frames counted in the uint8 exceedance counters before they go to int64
 ARRAYS = ("k", "s1", "s2", "s3", "s4", "min", "max")
@@ -54,18 +54,25 @@ class StepMoments:
     """n, power sums s1..s4 of x - k around a shift k (the mean at the last fold), min, max and
     exceedance counts per cell; the central moments are read from them (`mean`, `m2`, `m3`, `m4`)."""
 
-    def __init__(self, cells: int, thresholds=()):
+    def __init__(self, cells: int, thresholds=(), store: MomentRows | None = None, row: int = 0):
+        """The state of one time step: its own arrays, or row `row` of `store` (stats_rows: the
+        arrays of many time steps, updated together by FieldRows.add)."""
         self.cells = int(cells)
-        self.thresholds = np.asarray(thresholds, np.float64).reshape(-1)
-        self.n = 0
-        self.k = np.zeros(self.cells)
-        self.sums = np.zeros((4, self.cells))  # s1..s4, one array: one add per frame
-        self.min = np.full(self.cells, np.inf)
-        self.max = np.full(self.cells, -np.inf)
-        t = len(self.thresholds)
-        self._exceed = np.zeros((t, self.cells), np.int64)
-        self._pending = np.zeros((t, self.cells), np.uint8)  # frames over t since the last flush
-        self._npending = 0
+        if store is None:
+            store = MomentRows(1, self.cells, thresholds)
+        self.store, self.row = store, int(row)
+        self.thresholds = store.thresholds
+        self.k = store.k[row]
+        self.sums = store.sums[row]  # s1..s4, one array: one add per frame
+        self.min = store.min[row]
+        self.max = store.max[row]
+        self._exceed = store.exceed[row]
+        self._pending = store.pending[row]  # frames over t since the last flush, uint8
+
+    n = property(lambda self: int(self.store.n[self.row]),
+                 lambda self, v: self.store.n.__setitem__(self.row, v))
+    _npending = property(lambda self: int(self.store.npending[self.row]),
+                         lambda self, v: self.store.npending.__setitem__(self.row, v))
 
     @staticmethod
     def floats_per_cell(n_thresholds: int) -> int:
@@ -244,7 +251,7 @@ class StepMoments:
               + 4.0 * d * (na * m3b - nb * m3a) / n)
         m3 = m3a + m3b + d2 * d * (na * nb * (na - nb) / (n * n)) + 3.0 * d * (na * m2b - nb * m2a) / n
         m2 = m2a + m2b + d2 * (na * nb / n)
-        self.k = self.mean + d * (nb / n)
+        self.k[:] = self.mean + d * (nb / n)
         self.sums[0] = 0.0
         self.sums[1], self.sums[2], self.sums[3] = m2, m3, m4
         self.n = int(n)
@@ -285,11 +292,11 @@ class StepMoments:
         return d
 
     def load_state_dict(self, d: dict) -> None:
-        for k in ("k", "min", "max"):
-            setattr(self, k, np.array(d[k], np.float64).reshape(self.cells))
+        for k in ("k", "min", "max"):  # in place: the arrays may be views of a store's rows
+            getattr(self, k)[:] = np.asarray(d[k], np.float64).reshape(self.cells)
         for i in range(4):
             self.sums[i] = np.asarray(d[f"s{i + 1}"], np.float64).reshape(self.cells)
         self.n = int(d["n"])
-        self._exceed = np.array(d["exceed"], np.int64).reshape(len(self.thresholds), self.cells)
+        self._exceed[:] = np.asarray(d["exceed"], np.int64).reshape(len(self.thresholds), self.cells)
         self._pending[:] = 0
         self._npending = 0

@@ -26,9 +26,8 @@ import threading
 import numpy as np
 
 from .stats_moments import CHUNK
+from .stats_rows import QuantileRows, gain  # gain: C * n**-BETA (constants in stats_rows)
 
-C = 2.0
-BETA = 0.6
 TOL_RANK = 1.5  # |F_n(q) - a| <= TOL_RANK / sqrt(n)
 
 
@@ -52,13 +51,20 @@ def tolerance(n: int) -> float:
 class StepQuantiles:
     """Robbins-Monro iterates `q` and their weighted averages `avg`, shape (levels, cells)."""
 
-    def __init__(self, cells: int, levels=()):
+    def __init__(self, cells: int, levels=(), store: QuantileRows | None = None, row: int = 0):
+        """The iterates of one time step: its own arrays, or row `row` of `store` (stats_rows)."""
         self.cells = int(cells)
-        self.levels = np.asarray(levels, np.float64).reshape(-1)
-        self.n = 0
-        self.weight = 0.0
-        self.q = np.zeros((len(self.levels), self.cells))
-        self.avg = np.zeros_like(self.q)
+        if store is None:
+            store = QuantileRows(1, self.cells, levels)
+        self.store, self.row = store, int(row)
+        self.levels = store.levels
+        self.q = store.q[row]
+        self.avg = store.avg[row]
+
+    n = property(lambda self: int(self.store.n[self.row]),
+                 lambda self, v: self.store.n.__setitem__(self.row, v))
+    weight = property(lambda self: float(self.store.weight[self.row]),
+                      lambda self, v: self.store.weight.__setitem__(self.row, v))
 
     @staticmethod
     def floats_per_cell(n_levels: int) -> int:
@@ -76,7 +82,7 @@ class StepQuantiles:
             return
         self.weight += n
         w = n / self.weight
-        gain = C * n ** -BETA
+        g = gain(n)
         xbuf, sbuf, stbuf, bbuf = _scratch(min(CHUNK, self.cells))
         for s in range(0, self.cells, CHUNK):
             e = min(s + CHUNK, self.cells)
@@ -91,7 +97,7 @@ class StepQuantiles:
             np.subtract(s2, scale, out=scale)
             scale *= 1.0 / n
             np.sqrt(scale, out=scale)
-            scale *= gain
+            scale *= g
             lo, hi = mom.min[s:e], mom.max[s:e]
             for j, a in enumerate(self.levels):
                 q, avg = self.q[j, s:e], self.avg[j, s:e]
@@ -117,5 +123,5 @@ class StepQuantiles:
     def load_state_dict(self, d: dict) -> None:
         self.n, self.weight = int(d["n"]), float(d["weight"])
         shape = (len(self.levels), self.cells)
-        self.q = np.array(d["q"], np.float64).reshape(shape)
-        self.avg = np.array(d["avg"], np.float64).reshape(shape)
+        self.q[:] = np.asarray(d["q"], np.float64).reshape(shape)  # in place: views of the store
+        self.avg[:] = np.asarray(d["avg"], np.float64).reshape(shape)

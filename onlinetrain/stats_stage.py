@@ -17,13 +17,27 @@ At most `nbytes` (STAGE_BYTES, over every field and step) are held, staged frame
 buffers together: past it, the spare buffers go, then the step with the most staged frames is
 applied. Statistics does not stage the steps that have quantiles (their Robbins-Monro update
 follows the moments frame by frame).
+
+Small fields (stats_rows: their steps are rows of a FieldRows, updated over time steps in rounds of
+one frame per step) are staged too, quantiles or not: frames of many time steps make full rounds
+even when hundreds of simulations run in lockstep and a channel's batch holds one or two steps.
+`add_small` holds them (as float64 copies) until SMALL_FRAMES frames or SMALL_VALUES values are
+held; `flush_small` (also by `flush()`, and by reading a small step's moments or quantiles) applies
+them per FieldRows: in rounds, or by each step's own update when the rounds would be thin (fewer
+than stats_rows.ROUND_MIN frames on average). Either way bit-identical to frame by frame.
+
+    stage.add_small(steps, xs)    # steps: Step objects of small fields, one per frame
 """
 from __future__ import annotations
 
 import numpy as np
 
+from .stats_rows import ROUND_MIN
+
 STAGE_FRAMES = 16  # frames of one time step updated together (bench: 16 ~ 32 > 8 > 4 at 1M cells)
 STAGE_BYTES = 256 << 20  # most bytes of frames held, over every field and time step
+SMALL_FRAMES = 4096  # frames of small fields held before their update (rounds over ~20 steps even
+SMALL_VALUES = 1 << 20  # with 200 simulations in lockstep); at most 8 MiB of float64 values
 
 
 class Stage:
@@ -33,6 +47,8 @@ class Stage:
         self.bytes = 0
         self.spare: dict[tuple, list[np.ndarray]] = {}  # (dtype, size) -> free buffers
         self.spare_bytes = 0
+        self.small: list[tuple[list, np.ndarray]] = []  # (steps, float64 frames) in order
+        self.small_frames = self.small_values = 0
 
     def __contains__(self, mom) -> bool:
         return id(mom) in self.held
@@ -62,8 +78,46 @@ class Stage:
             big = max(self.held, key=lambda k: len(self.held[k][1]))  # the most staged frames
             self.flush(self.held[big][0])
 
+    def add_small(self, steps, xs) -> None:
+        """Stage frames xs (1-D, copied now) of small fields' steps (one Step per frame)."""
+        x = np.array(xs, np.float64)
+        self.small.append((list(steps), x.reshape(len(x), -1)))
+        self.small_frames += len(x)
+        self.small_values += x.size
+        if self.small_frames >= SMALL_FRAMES or self.small_values >= SMALL_VALUES:
+            self.flush_small()
+
+    def flush_small(self) -> None:
+        """Apply the staged frames of small fields, in arrival order per step."""
+        held, self.small = self.small, []
+        self.small_frames = self.small_values = 0
+        by_rows: dict[int, tuple] = {}  # id(FieldRows) -> (FieldRows, steps, frames)
+        for steps, x in held:
+            if len(steps) == 1 or len({id(s.rows) for s in steps}) == 1:
+                got = by_rows.setdefault(id(steps[0].rows), (steps[0].rows, [], []))
+                got[1].extend(steps)
+                got[2].append(x)
+                continue
+            for s, xi in zip(steps, x):
+                got = by_rows.setdefault(id(s.rows), (s.rows, [], []))
+                got[1].append(s)
+                got[2].append(xi[None])
+        for rows_of, steps, xs in by_rows.values():
+            x = np.concatenate(xs) if len(xs) > 1 else xs[0]
+            rows = np.fromiter((s.row for s in steps), np.int64, len(steps))
+            if len(rows) >= ROUND_MIN * np.bincount(rows).max():
+                rows_of.add(rows, x)  # over time steps, one frame a step per round
+                continue
+            by_step: dict[int, tuple] = {}  # rounds too thin: each step's own update
+            for i, s in enumerate(steps):
+                by_step.setdefault(id(s), (s, []))[1].append(i)
+            for s, idx in by_step.values():
+                s.apply(x[idx])
+
     def flush(self, mom=None) -> None:
-        """Apply what is staged (for `mom` only, or everything)."""
+        """Apply what is staged (for `mom` only, or everything, small fields included)."""
+        if mom is None and self.small:
+            self.flush_small()
         keys = list(self.held) if mom is None else [id(mom)] if id(mom) in self.held else []
         for key in keys:
             m, held = self.held[key]
@@ -72,6 +126,8 @@ class Stage:
 
     def drop(self) -> None:
         """Forget everything staged (the statistics were replaced, e.g. by a checkpoint)."""
+        self.small = []
+        self.small_frames = self.small_values = 0
         self.held.clear()
         self.bytes = 0
         self.spare.clear()

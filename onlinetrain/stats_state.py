@@ -13,6 +13,7 @@ import numpy as np
 from .errors import OTError
 from .stats_moments import StepMoments
 from .stats_quantiles import StepQuantiles
+from .stats_rows import ROWS_CELLS, FieldRows
 from .stats_sobol import StepSobol
 
 STATE_VERSION = 1
@@ -48,42 +49,89 @@ def _fmt(b: float) -> str:
 
 class Step:
     """The statistics of one (field, time step). `add(xs)` takes frames of the step; with a
-    `stage` (stats_stage) and no quantiles, the moments are staged and updated in blocks, and
-    reading `mom` applies what is staged first."""
-    __slots__ = ("_mom", "q", "sob", "stage")
+    `stage` (stats_stage) they may be held and applied later in blocks: reading `mom` or `q`
+    applies what is staged first. Large fields without quantiles stage per step (the moments
+    updated STAGE_FRAMES at a time); with `rows` (stats_rows.FieldRows, small fields) the moments
+    and quantiles are row `row` of the field's arrays and the frames are staged with those of the
+    field's other steps, then updated over time steps. `apply(xs)` is the step's own update, now."""
+    __slots__ = ("_mom", "_q", "sob", "stage", "rows", "row")
 
-    def __init__(self, cells, cfg, p, stage=None):
-        self._mom = StepMoments(cells, cfg.thresholds)
-        self.q = StepQuantiles(cells, cfg.quantiles) if cfg.quantiles else None
+    def __init__(self, cells, cfg, p, stage=None, rows=None, row=0):
+        self.rows, self.row = rows, row
+        self._mom = StepMoments(cells, cfg.thresholds, rows and rows.mom, row)
+        self._q = StepQuantiles(cells, cfg.quantiles, rows and rows.q, row) \
+            if cfg.quantiles else None
         self.sob = StepSobol(cells, p) if cfg.sobol else None
-        self.stage = stage if self.q is None else None
+        self.stage = stage if self._q is None or rows is not None else None
+
+    def _applied(self) -> None:
+        st = self.stage
+        if st is None:
+            return
+        if self.rows is not None:
+            if st.small:
+                st.flush_small()
+        elif self._mom in st:
+            st.flush(self._mom)
 
     @property
     def mom(self) -> StepMoments:
-        if self.stage is not None and self._mom in self.stage:
-            self.stage.flush(self._mom)
+        self._applied()
         return self._mom
 
+    @property
+    def q(self) -> StepQuantiles | None:
+        self._applied()
+        return self._q
+
     def add(self, xs) -> None:
-        """Add frames (1-D arrays, views allowed: what is kept is copied). With quantiles, frame
-        by frame: each Robbins-Monro step uses the moments of the frames up to its own."""
-        if self.stage is not None:
+        """Add frames (1-D arrays, views allowed: what is kept is copied)."""
+        if self.stage is None:
+            self.apply(xs)
+        elif self.rows is not None:
+            self.stage.add_small([self] * len(xs), xs)
+        else:
             self.stage.add(self._mom, xs)
-        elif self.q is None:
+
+    def apply(self, xs) -> None:
+        """Add frames now. With quantiles, frame by frame: each Robbins-Monro step uses the
+        moments of the frames up to its own."""
+        if self._q is None:
             self._mom.update_block(xs)
         else:
             for x in xs:
                 self._mom.update(x)
-                self.q.update(x, self._mom)
+                self._q.update(x, self._mom)
 
 
 class Field:
-    def __init__(self, name: str, shape: tuple, p: int):
+    """A followed field: its time steps' statistics, the frames seen, Sobol' groups in flight.
+    A field of at most stats_rows.ROWS_CELLS cells keeps its steps' moments and quantiles in
+    FieldRows of `rows_per` steps each (steps_hint, else 64; at most ~8 MiB an array), updated
+    over time steps."""
+
+    def __init__(self, name: str, shape: tuple, p: int, steps_hint: int = 0):
         self.name, self.shape, self.p = name, tuple(int(s) for s in shape), p
         self.cells = int(np.prod(self.shape, dtype=np.int64))
         self.steps: dict[int, Step] = {}
         self.pending: dict[tuple[int, int], dict[int, np.ndarray]] = {}  # (group, step) -> members
         self.seen: set[tuple[int, int]] = set()
+        # steps per FieldRows: the steps expected, within ~8 MiB per array (allocated at once)
+        self.rows_per = max(1, min(int(steps_hint) or 64, max(16, (8 << 20) // (8 * self.cells))))
+        self.rows: list[FieldRows] = []  # small fields only
+
+    def new_step(self, t: int, cfg, stage=None) -> Step:
+        """The statistics of time step t, created empty."""
+        rows = row = None
+        if self.cells <= ROWS_CELLS:
+            row = self.rows[-1].take() if self.rows else None
+            if row is None:
+                self.rows.append(FieldRows(self.rows_per, self.cells, cfg.thresholds,
+                                           cfg.quantiles))
+                row = self.rows[-1].take()
+            rows = self.rows[-1]
+        s = self.steps[t] = Step(self.cells, cfg, self.p, stage, rows, row or 0)
+        return s
 
 
 # -- checkpoint section ----------------------------------------------------------------------------
@@ -136,15 +184,14 @@ def load_state_dict(st, d: dict) -> None:
     st.stage.drop()
     st.fields = {}
     for name, fd in d["fields"].items():
-        fld = Field(name, tuple(int(s) for s in fd["shape"]), int(fd["p"]))
+        fld = Field(name, tuple(int(s) for s in fd["shape"]), int(fd["p"]), st.steps_hint)
         for t, sd in fd["steps"].items():
-            s = Step(fld.cells, st.cfg, fld.p, st.stage)
+            s = fld.new_step(int(t), st.cfg, st.stage)
             s.mom.load_state_dict({k: _np(v) for k, v in sd["mom"].items()})
             if s.q is not None:
                 s.q.load_state_dict({k: _np(v) for k, v in sd["q"].items()})
             if s.sob is not None:
                 s.sob.load_state_dict({k: _np(v) for k, v in sd["sob"].items()})
-            fld.steps[int(t)] = s
         fld.seen = {(int(a), int(b)) for a, b in _np(fd["seen"], np.int64).reshape(-1, 2)}
         for key, m in fd["pending"].items():
             g, t = key.split(":")

@@ -140,12 +140,15 @@ def test_long_blocks_over_many_cells():
 
 
 @pytest.mark.parametrize("budget", [1 << 30, 5000, 0])
-def test_staged_updates_equal_frame_by_frame_bit_for_bit(budget):
-    """Without quantiles, frames are staged (stats_stage) and the moments updated in blocks: the
-    results equal a frame-by-frame update exactly, whatever the budget and however steps and fields
-    interleave, and the staged frames are copies (the caller's buffer is overwritten after each
-    call, as a channel reuses its slots)."""
+def test_staged_updates_equal_frame_by_frame_bit_for_bit(budget, monkeypatch):
+    """Without quantiles, frames of fields over stats_rows.ROWS_CELLS cells (here: every field)
+    are staged (stats_stage) and the moments updated in blocks: the results equal a frame-by-frame
+    update exactly, whatever the budget and however steps and fields interleave, and the staged
+    frames are copies (the caller's buffer is overwritten after each call, as a channel reuses its
+    slots)."""
+    from onlinetrain import stats_state
     from onlinetrain.stats_stage import Stage
+    monkeypatch.setattr(stats_state, "ROWS_CELLS", 0)
     rng = np.random.default_rng(4)
     x = (rng.normal(300, 40, (2, 3, 70, 37)) ** 1.5).astype(np.float32)  # field, step, sim, cells
     order = rng.permutation([(f, t, s) for f in range(2) for t in range(3) for s in range(70)])
