@@ -29,7 +29,7 @@ import threading
 
 import numpy as np
 
-from .stats_rows import FIRST_FOLD, FOLD, MomentRows
+from .stats_rows import FIRST_FOLD, FOLD, MomentRows, fold_sums
 
 CHUNK = 16384  # cells per block: the temporaries of a block (6 x 128 KiB) stay in L2/L3
 MAX_BLOCK = 32  # samples added per pass over the cells by update_block
@@ -179,31 +179,7 @@ class StepMoments:
             e = min(s + CHUNK, self.cells)
             c = e - s
             s1, s2, s3, s4 = self.sums[:, s:e]
-            d, d2, t = w[0, :c], w[1, :c], w[2, :c]
-            np.divide(s1, n, out=d)
-            np.multiply(d, d, out=d2)
-            # M4 = s4 - 4 d s3 + 6 d^2 s2 - 3 n d^4
-            np.multiply(d, s3, out=t)
-            t *= 4.0
-            s4 -= t
-            np.multiply(d2, s2, out=t)
-            t *= 6.0
-            s4 += t
-            np.multiply(d2, d2, out=t)
-            t *= 3.0 * n
-            s4 -= t
-            # M3 = s3 - 3 d s2 + 2 n d^3
-            np.multiply(d, s2, out=t)
-            t *= 3.0
-            s3 -= t
-            np.multiply(d2, d, out=t)
-            t *= 2.0 * n
-            s3 += t
-            # M2 = s2 - d s1
-            np.multiply(d, s1, out=t)
-            s2 -= t
-            self.k[s:e] += d
-            s1[:] = 0.0
+            fold_sums(s1, s2, s3, s4, self.k[s:e], n, w[0, :c], w[1, :c], w[2, :c])
 
     def central(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """M2, M3, M4 (sums of (x - mean)^p) from the shifted power sums (binomial shift by

@@ -26,7 +26,7 @@ import threading
 import numpy as np
 
 from .stats_moments import CHUNK
-from .stats_rows import QuantileRows, gain  # gain: C * n**-BETA (constants in stats_rows)
+from .stats_rows import QuantileRows, gain, rm_scale, rm_step  # gain: C * n**-BETA (constants in stats_rows)
 
 TOL_RANK = 1.5  # |F_n(q) - a| <= TOL_RANK / sqrt(n)
 
@@ -91,25 +91,10 @@ class StepQuantiles:
             if xs.dtype != np.float64:
                 np.copyto(xbuf[:c], xs, casting="unsafe")
                 xs = xbuf[:c]
-            s1, s2 = mom.sums[0, s:e], mom.sums[1, s:e]
-            np.divide(s1, n, out=scale)                 # m2 = s2 - s1 (s1 / n), as mom.m2
-            scale *= s1
-            np.subtract(s2, scale, out=scale)
-            scale *= 1.0 / n
-            np.sqrt(scale, out=scale)
-            scale *= g
+            rm_scale(mom.sums[0, s:e], mom.sums[1, s:e], n, g, scale)
             lo, hi = mom.min[s:e], mom.max[s:e]
             for j, a in enumerate(self.levels):
-                q, avg = self.q[j, s:e], self.avg[j, s:e]
-                np.less_equal(xs, q, out=below)
-                np.subtract(a, below, out=step)
-                step *= scale
-                q += step
-                np.maximum(q, lo, out=q)                # clip to [min, max]
-                np.minimum(q, hi, out=q)
-                np.subtract(q, avg, out=step)
-                step *= w
-                avg += step
+                rm_step(xs, self.q[j, s:e], self.avg[j, s:e], a, scale, w, lo, hi, below, step)
 
     def values(self) -> np.ndarray:
         if self.n == 0:

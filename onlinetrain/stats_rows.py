@@ -45,6 +45,62 @@ def gains(n: np.ndarray) -> np.ndarray:
     return _gains[n]
 
 
+def fold_sums(s1, s2, s3, s4, k, n, d, d2, t) -> None:
+    """Move the shift k to the mean, in place: s1 = 0 and s2..s4 = the central sums M2..M4
+    (Pébay's binomial shift by d = s1 / n). n is a float or an array broadcasting against the
+    sums (one n per row); d, d2, t are work arrays of the sums' shape. The one formula of both
+    updates (StepMoments.fold, MomentRows.fold), hence their bit-identical results."""
+    np.divide(s1, n, out=d)
+    np.multiply(d, d, out=d2)
+    # M4 = s4 - 4 d s3 + 6 d^2 s2 - 3 n d^4
+    np.multiply(d, s3, out=t)
+    t *= 4.0
+    s4 -= t
+    np.multiply(d2, s2, out=t)
+    t *= 6.0
+    s4 += t
+    np.multiply(d2, d2, out=t)
+    t *= 3.0 * n
+    s4 -= t
+    # M3 = s3 - 3 d s2 + 2 n d^3
+    np.multiply(d, s2, out=t)
+    t *= 3.0
+    s3 -= t
+    np.multiply(d2, d, out=t)
+    t *= 2.0 * n
+    s3 += t
+    # M2 = s2 - d s1
+    np.multiply(d, s1, out=t)
+    s2 -= t
+    k += d
+    s1[...] = 0.0
+
+
+def rm_scale(s1, s2, n, g, out) -> None:
+    """out = g * sigma_n, sigma_n^2 = (s2 - s1 (s1 / n)) / n (as StepMoments.m2 / n): the
+    Robbins-Monro step size of each cell; n and g floats or per-row arrays."""
+    np.divide(s1, n, out=out)
+    out *= s1
+    np.subtract(s2, out, out=out)
+    out *= 1.0 / n
+    np.sqrt(out, out=out)
+    out *= g
+
+
+def rm_step(x, q, avg, a, scale, w, lo, hi, below, step) -> None:
+    """One Robbins-Monro step of level a, in place: q <- clip(q + scale (a - 1{x <= q}), lo, hi),
+    then avg <- avg + w (q - avg). below (bool) and step are work arrays of x's shape."""
+    np.less_equal(x, q, out=below)
+    np.subtract(a, below, out=step)
+    step *= scale
+    q += step
+    np.maximum(q, lo, out=q)  # clip to [min, max]
+    np.minimum(q, hi, out=q)
+    np.subtract(q, avg, out=step)
+    step *= w
+    avg += step
+
+
 class MomentRows:
     """n, shift k, power sums s1..s4 (rows, 4, cells), min, max, exceedance counts (rows,
     thresholds, cells; int64, and the uint8 counters of the frame-by-frame update) of `rows` time
@@ -97,32 +153,13 @@ class MomentRows:
             self.fold(r[fold])
 
     def fold(self, r: np.ndarray) -> None:
-        """StepMoments.fold of the rows r, with the same operations in the same order."""
+        """StepMoments.fold of the rows r (fold_sums, one n per row)."""
         n = self.n[r].astype(np.float64)[:, None]
-        s = self.sums[r]
-        s1, s2, s3, s4 = s[:, 0], s[:, 1], s[:, 2], s[:, 3]
-        d = s1 / n
-        d2 = d * d
-        t = d * s3
-        t *= 4.0
-        s4 -= t
-        np.multiply(d2, s2, out=t)
-        t *= 6.0
-        s4 += t
-        np.multiply(d2, d2, out=t)
-        t *= 3.0 * n
-        s4 -= t
-        np.multiply(d, s2, out=t)
-        t *= 3.0
-        s3 -= t
-        np.multiply(d2, d, out=t)
-        t *= 2.0 * n
-        s3 += t
-        np.multiply(d, s1, out=t)
-        s2 -= t
-        self.k[r] += d
-        s1[:] = 0.0
+        s, k = self.sums[r], self.k[r]
+        d, d2, t = np.empty_like(k), np.empty_like(k), np.empty_like(k)
+        fold_sums(s[:, 0], s[:, 1], s[:, 2], s[:, 3], k, n, d, d2, t)
         self.sums[r] = s
+        self.k[r] = k
 
 
 class QuantileRows:
@@ -154,27 +191,13 @@ class QuantileRows:
         self.weight[r] = wt
         w = (n / wt)[:, None]
         nf = n.astype(np.float64)[:, None]
-        s1, s2 = mom.sums[r, 0], mom.sums[r, 1]
-        scale = s1 / nf                                # m2 = s2 - s1 (s1 / n), as mom.m2
-        scale *= s1
-        np.subtract(s2, scale, out=scale)
-        scale *= 1.0 / nf
-        np.sqrt(scale, out=scale)
-        scale *= gains(n)[:, None]
+        scale = np.empty_like(x)
+        rm_scale(mom.sums[r, 0], mom.sums[r, 1], nf, gains(n)[:, None], scale)
         lo, hi = mom.min[r], mom.max[r]
         q, avg = self.q[r], self.avg[r]
-        step = np.empty_like(x)
+        below, step = np.empty(x.shape, bool), np.empty_like(x)
         for j, a in enumerate(self.levels):
-            qj, aj = q[:, j], avg[:, j]
-            below = x <= qj
-            np.subtract(a, below, out=step)
-            step *= scale
-            qj += step
-            np.maximum(qj, lo, out=qj)                 # clip to [min, max]
-            np.minimum(qj, hi, out=qj)
-            np.subtract(qj, aj, out=step)
-            step *= w
-            aj += step
+            rm_step(x, q[:, j], avg[:, j], a, scale, w, lo, hi, below, step)
         self.q[r] = q
         self.avg[r] = avg
 
