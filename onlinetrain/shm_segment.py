@@ -44,38 +44,40 @@ SLOT_HDR = 64
 SLOT = struct.Struct("<6Q")  # state, length, producer pid, sequence, producer id, start time
 S_STATE, S_LEN, S_PID, S_SEQ, S_PROD, S_PTIME = 0, 1, 2, 3, 4, 5
 WRITING, COMMITTED, PAD = 1, 2, 3
-# map every page up front: a first touch of a tmpfs page costs microseconds, a 4 KB frame's worth
+# the creator maps every page up front: a first touch of a tmpfs page costs microseconds
 _MAP_FLAGS = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
 CREATE_WAIT_S = 8.0  # how long create waits on a segment that is not (yet) a ring
 _MADV_POPULATE_WRITE = 23  # Linux >= 5.14; not in Python 3.11's mmap module
 
 
 def _map(fd: int, size: int, create: bool) -> mmap.mmap:
-    """Map the segment and fault every page in now (a full /dev/shm fails here with OSError, not
-    with SIGBUS on a later write). The mapping asks for huge pages first: tmpfs gives them where
-    /dev/shm is mounted with huge=advise|within_size|always (never by default), and copies into
-    2 MiB pages are ~1.4x faster at large frames (bench/memcpy_kinds.py). Pages must be faulted
-    through the advised mapping for that, and writable (MADV_POPULATE_WRITE: a page mapped for
-    reading and written later has its huge mapping split into 4 KiB ones); older kernels fall back
-    to posix_fallocate + MAP_POPULATE (small pages)."""
+    """Map the segment. Its creator faults every page in now (a full /dev/shm fails here with
+    OSError, not with SIGBUS on a later write); an attacher (a producer, often one short
+    simulation) maps without faulting and touches only the pages it writes: faulting a 64 MB ring
+    in costs ~30 ms, which a study of short simulations paid at every attach (bench/attach.py).
+    The mapping asks for huge pages first: tmpfs gives them where /dev/shm is mounted with
+    huge=advise|within_size|always (never by default), and copies into 2 MiB pages are ~1.4x
+    faster at large frames (bench/memcpy_kinds.py). The creator's pages must be faulted through
+    the advised mapping for that, and writable (MADV_POPULATE_WRITE: a page mapped for reading
+    and written later has its huge mapping split into 4 KiB ones); older kernels fall back to
+    posix_fallocate + MAP_POPULATE (small pages)."""
     mm = mmap.mmap(fd, size, flags=mmap.MAP_SHARED)
     try:
         mm.madvise(mmap.MADV_HUGEPAGE)
     except (AttributeError, OSError):
         pass
+    if not create:
+        return mm
     try:
         mm.madvise(_MADV_POPULATE_WRITE)
         return mm
     except (AttributeError, OSError) as e:
-        no_room = getattr(e, "errno", None) in (errno.EFAULT, errno.ENOMEM)
-        if create and no_room:  # the kernel could not allocate the pages: /dev/shm is full
+        if getattr(e, "errno", None) in (errno.EFAULT, errno.ENOMEM):  # /dev/shm is full
             mm.close()
             raise OSError(errno.ENOSPC, f"cannot allocate {size} bytes of shared memory") from e
-        # anything else (older kernel, a seccomp filter; an attacher short of memory): map as
-        # before and let the pages fault in as they are used
+        # anything else (older kernel, a seccomp filter): allocate, then map populated
     mm.close()
-    if create:
-        os.posix_fallocate(fd, 0, size)
+    os.posix_fallocate(fd, 0, size)
     return mmap.mmap(fd, size, flags=_MAP_FLAGS)
 
 
@@ -190,7 +192,7 @@ def open_segment(name: str) -> Segment:
         size = os.fstat(fd).st_size
         if size < CTL_SIZE:
             raise ChannelError(f"segment {path} is {size} bytes: not an onlinetrain ring", name)
-        # read the magic before mapping: populating writes would bump a stale file's mtime
+        # read the magic before mapping (and before any write to the mapping)
         magic, cap = struct.unpack("<QQ", os.pread(fd, 16, 0))
         if magic != RING_MAGIC or cap % ALIGN or CTL_SIZE + cap > size:
             raise ChannelError(f"segment {path} is not an onlinetrain ring (bad magic or size)",
