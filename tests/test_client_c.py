@@ -11,7 +11,6 @@ assembled from their pieces, equal solvers.heat2d.solve to 1e-9 relative.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -27,28 +26,17 @@ from onlinetrain import frame as fr
 from onlinetrain.shm_channel import Empty, RingConsumer, RingProducer
 from onlinetrain.shm_segment import C_LOCK_KIND, S_PID, S_PTIME, S_STATE, WRITING, u2f
 
+from cbuild import mpi_tools, private_client_cache
+
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = [100.0, 200.0, 300.0, 400.0, 500.0]
-
-
-def mpi_tools() -> dict:
-    """mpicc, mpif90 and mpiexec of one MPI installation (`make deps` installs Debian's MPICH)."""
-    fc = shutil.which("mpif90") or shutil.which("mpifort")
-    assert fc, "no mpif90 on PATH: run `make deps` (Debian: apt-get install libmpich-dev mpich gfortran)"
-    d = Path(fc).parent
-    tools = {"fc": fc, "cc": str(d / "mpicc"), "run": str(d / "mpiexec")}
-    for k, v in tools.items():
-        assert os.access(v, os.X_OK), f"{v} missing next to {fc}: run `make deps`"
-    return tools
 
 
 @pytest.fixture(scope="session")
 def built(tmp_path_factory):
     """The client library (in a private cache) and the test programs, built once per session."""
     d = tmp_path_factory.mktemp("otclient")
-    old = os.environ.get("OT_CLIENT_CACHE")
-    os.environ["OT_CLIENT_CACHE"] = str(d / "cache")
-    try:
+    with private_client_cache(d / "cache"):
         mpi = mpi_tools()
         cflags, libs = clientflags.flags()
         out = {"writer": d / "writer", "heat_c": d / "heat2d_mpi", "heat_f": d / "heat2d_mpi_f"}
@@ -67,11 +55,6 @@ def built(tmp_path_factory):
         out["fwriter"] = d / "fwriter"
         out["mpiexec"] = mpi["run"]
         yield out
-    finally:
-        if old is None:
-            os.environ.pop("OT_CLIENT_CACHE", None)
-        else:
-            os.environ["OT_CLIENT_CACHE"] = old
 
 
 def env_for(ring_name, sim_id=5, params=PARAMS, **extra) -> dict:

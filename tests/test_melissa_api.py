@@ -23,7 +23,7 @@ from onlinetrain import clientflags
 from onlinetrain import frame as fr
 from onlinetrain.shm_channel import Empty, RingConsumer
 
-from test_client_c import mpi_tools
+from cbuild import mpi_tools, private_client_cache
 
 ROOT = Path(__file__).resolve().parents[1]
 C = ROOT / "tests" / "c"
@@ -33,9 +33,7 @@ STEPS = 4
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     d = tmp_path_factory.mktemp("melissa")
-    old = os.environ.get("OT_CLIENT_CACHE")
-    os.environ["OT_CLIENT_CACHE"] = str(d / "cache")
-    try:
+    with private_client_cache(d / "cache"):
         mpi = mpi_tools()
         cflags, libs = clientflags.flags(melissa=True, mpicc=mpi["cc"])
         strict = ["-std=c11", "-O2", "-Wall", "-Wextra", "-Werror"]
@@ -48,11 +46,6 @@ def built(tmp_path_factory):
                         str(d / "melissa_sim_f"), *libs], check=True, cwd=d)
         out["melissa_sim_f"] = str(d / "melissa_sim_f")
         yield out
-    finally:
-        if old is None:
-            os.environ.pop("OT_CLIENT_CACHE", None)
-        else:
-            os.environ["OT_CLIENT_CACHE"] = old
 
 
 def test_documented_prototypes_agree_with_our_header(built, tmp_path):
