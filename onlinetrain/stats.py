@@ -106,8 +106,8 @@ class Statistics:
         staged together and updated over time steps (stats_stage, stats_rows); the frames of one
         (field, time step) of a larger field go to its Step together (staged without quantiles: the
         moments' state is read and written once for all of them). Returns the frames accepted."""
-        small_steps, small_xs = [], []
-        blocks: dict[int, tuple] = {}
+        small: dict[int, tuple] = {}  # id(FieldRows) -> (steps, frames)
+        blocks: dict[int, tuple] = {}  # id(Step) -> (step, frames)
         n = 0
         for f in frames:
             got = self._accept(f)
@@ -116,12 +116,15 @@ class Statistics:
             n += 1
             step, x = got
             if step.rows is not None:
-                small_steps.append(step)
-                small_xs.append(x)
+                got = small.get(id(step.rows))
+                if got is None:
+                    got = small[id(step.rows)] = ([], [])
+                got[0].append(step)
+                got[1].append(x)
             else:
                 blocks.setdefault(id(step), (step, []))[1].append(x)
-        if small_steps:
-            self.stage.add_small(small_steps, small_xs)
+        for steps, xs in small.values():
+            self.stage.add_small(steps, xs)
         for step, xs in blocks.values():
             step.add(xs)
         return n

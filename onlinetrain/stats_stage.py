@@ -79,7 +79,7 @@ class Stage:
             self.flush(self.held[big][0])
 
     def add_small(self, steps, xs) -> None:
-        """Stage frames xs (1-D, copied now) of small fields' steps (one Step per frame)."""
+        """Stage frames xs (1-D, copied now) of steps of one FieldRows (one Step per frame)."""
         x = np.array(xs, np.float64)
         self.small.append((list(steps), x.reshape(len(x), -1)))
         self.small_frames += len(x)
@@ -93,15 +93,9 @@ class Stage:
         self.small_frames = self.small_values = 0
         by_rows: dict[int, tuple] = {}  # id(FieldRows) -> (FieldRows, steps, frames)
         for steps, x in held:
-            if len(steps) == 1 or len({id(s.rows) for s in steps}) == 1:
-                got = by_rows.setdefault(id(steps[0].rows), (steps[0].rows, [], []))
-                got[1].extend(steps)
-                got[2].append(x)
-                continue
-            for s, xi in zip(steps, x):
-                got = by_rows.setdefault(id(s.rows), (s.rows, [], []))
-                got[1].append(s)
-                got[2].append(xi[None])
+            got = by_rows.setdefault(id(steps[0].rows), (steps[0].rows, [], []))
+            got[1].extend(steps)
+            got[2].append(x)
         for rows_of, steps, xs in by_rows.values():
             x = np.concatenate(xs) if len(xs) > 1 else xs[0]
             rows = np.fromiter((s.row for s in steps), np.int64, len(steps))

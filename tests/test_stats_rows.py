@@ -153,3 +153,28 @@ def test_large_fields_keep_their_own_arrays():
     st_.update(fr.Frame(0, 0, np.zeros(0), "small", np.zeros(stats_rows.ROWS_CELLS)))
     assert st_.fields["big"].steps[0].rows is None and not st_.fields["big"].rows
     assert st_.fields["small"].steps[0].rows is not None
+
+
+def test_small_fields_of_other_sizes_in_one_batch():
+    """Frames of two small fields (16 and 9 cells) and a large one, interleaved in every batch,
+    over more steps than steps_hint (several FieldRows per field): each step equals its frame-by-
+    frame reference."""
+    rng = np.random.default_rng(7)
+    shapes = {"a": (4, 4), "b": (3, 3), "big": (stats_rows.ROWS_CELLS + 5,)}
+    x = {k: rng.normal(290, 20, (12, 6) + s).astype(np.float32) for k, s in shapes.items()}
+    fs = [fr.Frame(s, t, np.zeros(0), k, x[k][s, t]) for s in range(12) for t in range(6)
+          for k in shapes]
+    st_ = Statistics(StatsConfig(thresholds=THR, quantiles=[0.5]), steps_hint=4)
+    for i in range(0, len(fs), 50):
+        st_.update_many(fs[i:i + 50])
+    assert len(st_.fields["a"].rows) == 2 and not st_.fields["big"].rows
+    for k, shape in shapes.items():
+        cells = int(np.prod(shape))
+        for t in range(6):
+            m, q = StepMoments(cells, THR), StepQuantiles(cells, [0.5])
+            for s in range(12):
+                m.update(x[k][s, t].reshape(-1))
+                q.update(x[k][s, t].reshape(-1), m)
+            step = st_.fields[k].steps[t]
+            same_state(step.mom.state_dict(), m.state_dict())
+            same_state(step.q.state_dict(), q.state_dict())
