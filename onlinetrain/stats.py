@@ -22,8 +22,9 @@ SIM_FAILED drops its simulation's unfinished fields (the restart sends every pie
 
 Memory: cells x steps x (7 + thresholds + ceil(thresholds / 8) + 2 quantile levels [+ 2(p+2) + 4p
 with sobol]) x 8 bytes, plus the frames of groups in flight, the fields being assembled from
-pieces and, without quantiles, up to stats_stage.STAGE_BYTES of frames staged for block updates
-(and up to 8 MiB of small fields' frames, staged to be updated over time steps: stats_rows).
+pieces and, for large fields without quantiles, up to stats_stage.STAGE_BYTES of frames staged
+for block updates (small fields: up to 8 MiB of frames, plus one batch, staged to be updated over
+time steps, stats_rows; without stats.steps their steps are allocated 16 at a time).
 It is reported at a field's first frame, and refused (StatsMemoryError, before anything is
 accumulated) when it exceeds the free memory (psutil).
 """
@@ -38,6 +39,7 @@ from .assembly import Piece
 from .stats_io import field_results, save_npz
 from .stats_moments import StepMoments
 from .stats_quantiles import StepQuantiles
+from .stats_rows import small
 from .stats_sobol import StepSobol
 from .stats_stage import STAGE_FRAMES, Stage
 from .stats_state import (Field, Step, StatsError, StatsMemoryError, _fmt, free_memory,
@@ -73,7 +75,7 @@ class Statistics:
         self.pieces: dict[tuple[str, int, int], Piece] = {}  # (field, sim, step) being assembled
         self.reasons: dict[str, int] = {}
         self.memory_bytes = 0
-        self.stage = Stage()  # frames staged for block updates of the moments (not with quantiles)
+        self.stage = Stage()  # frames staged for block updates (stats_stage)
         self.stage_counted = 0  # bytes of the stage's budget counted in memory_bytes
 
     # -- layout ----------------------------------------------------------------------------------
@@ -221,8 +223,8 @@ class Statistics:
         fld = Field(f.name, arr.shape, p, self.steps_hint)
         steps = self.steps_hint or 1
         need = fld.cells * steps * self.floats_per_cell(p) * 8
-        staged = 0 if self.cfg.quantiles else min(  # stats_stage: frames held for block updates
-            self.stage.nbytes - self.stage_counted, STAGE_FRAMES * steps * arr.nbytes)
+        staged = 0 if self.cfg.quantiles or small(fld.cells) else min(  # stats_stage: frames
+            self.stage.nbytes - self.stage_counted, STAGE_FRAMES * steps * arr.nbytes)  # held
         free = self.free()
         per = "" if self.steps_hint else " per time step (steps unknown: set stats.steps)"
         self.report(f"statistics of field {f.name!r}: {fld.cells} cells x {steps} steps x "

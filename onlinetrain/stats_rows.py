@@ -17,6 +17,8 @@ here, the storage's level, and used by both updates.
 """
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 ROWS_CELLS = 1024  # fields up to this many cells are updated over time steps (FieldRows; bench:
@@ -27,7 +29,8 @@ FIRST_FOLD = 8  # the shift k (the first sample) moves to the mean once n reache
 FOLD = 64  # then every FOLD samples (a fold costs about one frame's update)
 C = 2.0  # Robbins-Monro gain gamma_n = C * sigma_n * n**-BETA (stats_quantiles)
 BETA = 0.6
-_gains = np.zeros(1)  # gain(n) at index n (index 0 unused)
+_gains = np.zeros(1)  # gain(n) at index n (index 0 unused); only ever replaced by a longer one
+_gains_lock = threading.Lock()
 
 
 def gain(n: int) -> float:
@@ -36,13 +39,22 @@ def gain(n: int) -> float:
 
 
 def gains(n: np.ndarray) -> np.ndarray:
-    """gain(n) of each n (a table grown on demand: the same floats as gain())."""
+    """gain(n) of each n (a table grown on demand, under a lock: the same floats as gain())."""
     global _gains
+    table = _gains
     top = int(n.max())
-    if top >= len(_gains):
-        more = [gain(i) for i in range(len(_gains), max(top + 1, 2 * len(_gains)))]
-        _gains = np.concatenate([_gains, more])
-    return _gains[n]
+    if top >= len(table):
+        with _gains_lock:
+            table = _gains
+            if top >= len(table):
+                more = [gain(i) for i in range(len(table), max(top + 1, 2 * len(table)))]
+                table = _gains = np.concatenate([table, more])
+    return table[n]
+
+
+def small(cells: int) -> bool:
+    """Whether a field of `cells` cells is updated over time steps (FieldRows)."""
+    return 0 < cells <= ROWS_CELLS
 
 
 def fold_sums(s1, s2, s3, s4, k, n, d, d2, t) -> None:

@@ -15,14 +15,14 @@ frame-by-frame update (update_block cuts its blocks at the folds), whenever the 
 
 At most `nbytes` (STAGE_BYTES, over every field and step) are held, staged frames and spare
 buffers together: past it, the spare buffers go, then the step with the most staged frames is
-applied. Statistics does not stage the steps that have quantiles (their Robbins-Monro update
-follows the moments frame by frame).
+applied. Statistics does not stage this way the steps of large fields that have quantiles
+(their Robbins-Monro update follows the moments frame by frame).
 
 Small fields (stats_rows: their steps are rows of a FieldRows, updated over time steps in rounds of
 one frame per step) are staged too, quantiles or not: frames of many time steps make full rounds
 even when hundreds of simulations run in lockstep and a channel's batch holds one or two steps.
 `add_small` holds them (as float64 copies) until SMALL_FRAMES frames or SMALL_VALUES values are
-held; `flush_small` (also by `flush()`, and by reading a small step's moments or quantiles) applies
+held (the batch that crosses the limit included); `flush_small` (also by `flush()`, and by reading a small step's moments or quantiles) applies
 them per FieldRows: in rounds, or by each step's own update when the rounds would be thin (fewer
 than stats_rows.ROUND_MIN frames on average). Either way bit-identical to frame by frame.
 
@@ -80,6 +80,8 @@ class Stage:
 
     def add_small(self, steps, xs) -> None:
         """Stage frames xs (1-D, copied now) of steps of one FieldRows (one Step per frame)."""
+        if not len(xs):
+            return
         x = np.array(xs, np.float64)
         self.small.append((list(steps), x.reshape(len(x), -1)))
         self.small_frames += len(x)
@@ -97,16 +99,19 @@ class Stage:
             got[1].extend(steps)
             got[2].append(x)
         for rows_of, steps, xs in by_rows.values():
-            x = np.concatenate(xs) if len(xs) > 1 else xs[0]
-            rows = np.fromiter((s.row for s in steps), np.int64, len(steps))
-            if len(rows) >= ROUND_MIN * np.bincount(rows).max():
-                rows_of.add(rows, x)  # over time steps, one frame a step per round
-                continue
-            by_step: dict[int, tuple] = {}  # rounds too thin: each step's own update
-            for i, s in enumerate(steps):
-                by_step.setdefault(id(s), (s, []))[1].append(i)
-            for s, idx in by_step.values():
-                s.apply(x[idx])
+            self._apply_small(rows_of, steps, np.concatenate(xs) if len(xs) > 1 else xs[0])
+
+    @staticmethod
+    def _apply_small(rows_of, steps, x) -> None:
+        rows = np.fromiter((s.row for s in steps), np.int64, len(steps))
+        if len(rows) >= ROUND_MIN * np.bincount(rows).max():
+            rows_of.add(rows, x)  # over time steps, one frame a step per round
+            return
+        by_step: dict[int, tuple] = {}  # rounds too thin: each step's own update
+        for i, s in enumerate(steps):
+            by_step.setdefault(id(s), (s, []))[1].append(i)
+        for s, idx in by_step.values():
+            s.apply(x[idx])
 
     def flush(self, mom=None) -> None:
         """Apply what is staged (for `mom` only, or everything, small fields included)."""

@@ -13,10 +13,12 @@ import numpy as np
 from .errors import OTError
 from .stats_moments import StepMoments
 from .stats_quantiles import StepQuantiles
-from .stats_rows import ROWS_CELLS, FieldRows
+from .stats_rows import FieldRows, small
 from .stats_sobol import StepSobol
 
 STATE_VERSION = 1
+ROWS_MORE = 16  # steps per FieldRows without a steps_hint, or past it
+ROWS_BYTES = 64 << 20  # most bytes of one FieldRows (moments and quantiles of its steps)
 
 
 class StatsError(OTError, ValueError):
@@ -106,9 +108,9 @@ class Step:
 
 class Field:
     """A followed field: its time steps' statistics, the frames seen, Sobol' groups in flight.
-    A field of at most stats_rows.ROWS_CELLS cells keeps its steps' moments and quantiles in
-    FieldRows of `rows_per` steps each (steps_hint, else 64; at most ~8 MiB an array), updated
-    over time steps."""
+    A field of 1 to stats_rows.ROWS_CELLS cells keeps its steps' moments and quantiles in
+    FieldRows (rows_for: the steps_hint steps, then ROWS_MORE at a time), updated over time
+    steps."""
 
     def __init__(self, name: str, shape: tuple, p: int, steps_hint: int = 0):
         self.name, self.shape, self.p = name, tuple(int(s) for s in shape), p
@@ -116,17 +118,25 @@ class Field:
         self.steps: dict[int, Step] = {}
         self.pending: dict[tuple[int, int], dict[int, np.ndarray]] = {}  # (group, step) -> members
         self.seen: set[tuple[int, int]] = set()
-        # steps per FieldRows: the steps expected, within ~8 MiB per array (allocated at once)
-        self.rows_per = max(1, min(int(steps_hint) or 64, max(16, (8 << 20) // (8 * self.cells))))
+        self.steps_hint = int(steps_hint)
         self.rows: list[FieldRows] = []  # small fields only
+
+    def rows_for(self, cfg) -> int:
+        """Steps of the next FieldRows (allocated at once): the first holds the steps_hint steps
+        the memory figure counted; without a hint, and past it, ROWS_MORE steps at a time; at
+        most ROWS_BYTES a FieldRows."""
+        per_step = self.cells * 8 * (StepMoments.floats_per_cell(len(cfg.thresholds))
+                                     + StepQuantiles.floats_per_cell(len(cfg.quantiles)))
+        want = self.steps_hint if not self.rows and self.steps_hint else ROWS_MORE
+        return max(1, min(want, ROWS_BYTES // per_step))
 
     def new_step(self, t: int, cfg, stage=None) -> Step:
         """The statistics of time step t, created empty."""
         rows = row = None
-        if self.cells <= ROWS_CELLS:
+        if small(self.cells):
             row = self.rows[-1].take() if self.rows else None
             if row is None:
-                self.rows.append(FieldRows(self.rows_per, self.cells, cfg.thresholds,
+                self.rows.append(FieldRows(self.rows_for(cfg), self.cells, cfg.thresholds,
                                            cfg.quantiles))
                 row = self.rows[-1].take()
             rows = self.rows[-1]

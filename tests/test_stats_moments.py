@@ -146,9 +146,9 @@ def test_staged_updates_equal_frame_by_frame_bit_for_bit(budget, monkeypatch):
     update exactly, whatever the budget and however steps and fields interleave, and the staged
     frames are copies (the caller's buffer is overwritten after each call, as a channel reuses its
     slots)."""
-    from onlinetrain import stats_state
+    from onlinetrain import stats_rows
     from onlinetrain.stats_stage import Stage
-    monkeypatch.setattr(stats_state, "ROWS_CELLS", 0)
+    monkeypatch.setattr(stats_rows, "ROWS_CELLS", 0)
     rng = np.random.default_rng(4)
     x = (rng.normal(300, 40, (2, 3, 70, 37)) ** 1.5).astype(np.float32)  # field, step, sim, cells
     order = rng.permutation([(f, t, s) for f in range(2) for t in range(3) for s in range(70)])

@@ -110,7 +110,8 @@ def test_update_many_on_a_small_field_equals_frame_by_frame(layout, small_frames
         for slot in slots:
             slot[:] = np.nan
     fld = st_.fields["T"]
-    assert len(fld.rows) == 4 and all(s.rows is not None for s in fld.steps.values())
+    assert [r.nrows for r in fld.rows] == [8, 16, 16]  # steps_hint, then ROWS_MORE at a time
+    assert all(s.rows is not None for s in fld.steps.values())
     for t, step in fld.steps.items():
         ref_m, ref_q = StepMoments(16, THR), StepQuantiles(16, quantiles or [0.5])
         for f in fs:
@@ -178,3 +179,30 @@ def test_small_fields_of_other_sizes_in_one_batch():
             step = st_.fields[k].steps[t]
             same_state(step.mom.state_dict(), m.state_dict())
             same_state(step.q.state_dict(), q.state_dict())
+
+
+def test_an_empty_field_is_counted_not_fatal():
+    """A frame of 0 cells (not a small field: nothing to update over steps) enters as before."""
+    st_ = Statistics(StatsConfig(thresholds=[1.0], quantiles=[0.5]))
+    for s in range(2):
+        assert st_.update_many([fr.Frame(s, 0, np.zeros(0), "T", np.zeros(0, np.float32))]) == 1
+    assert st_.fields["T"].steps[0].rows is None and st_.fields["T"].steps[0].mom.n == 2
+
+
+@pytest.mark.parametrize("hint", [0, 3])
+def test_small_field_steps_are_allocated_as_the_memory_figure_counts(hint):
+    """The first FieldRows holds the steps_hint steps the memory figure counted; without a hint,
+    and past it, ROWS_MORE steps at a time; none over ROWS_BYTES."""
+    from onlinetrain import stats_state
+    cfg = StatsConfig(thresholds=THR, quantiles=LEVELS)
+    st_ = Statistics(cfg, steps_hint=hint)
+    for t in range(40):
+        st_.update(fr.Frame(0, t, np.zeros(0), "T", np.ones(16, np.float32)))
+    st_.update(fr.Frame(0, 0, np.zeros(0), "W", np.ones(1000, np.float32)))
+    sizes = [r.nrows for r in st_.fields["T"].rows]
+    more = stats_state.ROWS_MORE
+    assert sizes == ([hint] if hint else []) + [more] * (len(sizes) - (1 if hint else 0))
+    assert sum(sizes) >= 40 > sum(sizes) - more
+    per_step = 1000 * 8 * (7 + len(THR) + 1 + 2 * len(LEVELS))
+    wide = st_.fields["W"].rows[0]
+    assert wide.nrows == min(hint or more, stats_state.ROWS_BYTES // per_step)
